@@ -1,0 +1,21 @@
+"""edgeml: compile ONNX models ahead of time to OpenCL and run them with a lean device runtime."""
+from setuptools import setup, find_packages
+
+setup(
+    name="edgeml",
+    version="0.1.0",
+    description="Ahead-of-time OpenCL compiler and lean on-device runtime for robot and car models",
+    python_requires=">=3.11",
+    packages=find_packages(include=["edgeml*", "compiled*", "ipc*", "tools*"]),
+    package_data={"ipc": ["*.capnp"]},
+    install_requires=["numpy", "pyopencl"],
+    extras_require={
+        "bus": ["pyzmq", "pycapnp"],
+        "compile": ["onnx"],
+        "dev": ["pytest", "pytest-xdist", "hypothesis", "onnxruntime", "onnx", "pyzmq", "pycapnp"],
+        "bench": ["onnxruntime", "tinygrad"],
+    },
+    entry_points={"console_scripts": [
+        "edgeml-bus=tools.bus:main",
+    ]},
+)
