@@ -1,0 +1,1 @@
+"""compiled: the lean device runtime (numpy + pyopencl only; never imports the compiler)."""

@@ -1,0 +1,89 @@
+"""OpenCL device selection, one shared context and queue, and a per-process program cache.
+
+The choice is deterministic: all (platform, device) pairs are ordered GPU first, then by platform and device name.
+`EDGEML_DEVICE` overrides it with a name substring (`pocl`, `nvidia`) or an index into that order.
+"""
+import os
+import functools
+import numpy as np
+import pyopencl as cl
+
+INSTALL_HINT = ("no OpenCL platform found. Install one: on Debian `apt-get install pocl-opencl-icd ocl-icd-libopencl1 "
+                "binutils` (PoCL runs OpenCL on the CPU), or your GPU vendor's OpenCL driver; `bash scripts/setup.sh` "
+                "does the PoCL install for you.")
+
+
+class DeviceError(RuntimeError):
+  pass
+
+
+def _type_rank(dev) -> int:
+  return 0 if dev.type & cl.device_type.GPU else 1 if dev.type & cl.device_type.ACCELERATOR else 2
+
+
+def list_devices() -> list:
+  """Every OpenCL device on this machine, in the deterministic order used for selection."""
+  try: platforms = cl.get_platforms()
+  except cl.Error: platforms = []
+  devs = []
+  for p in platforms:
+    try: devs += p.get_devices()
+    except cl.Error: pass
+  return sorted(devs, key=lambda d: (_type_rank(d), d.platform.name, d.name, d.platform.version))
+
+
+def describe(dev) -> str:
+  return f"{dev.platform.name} / {dev.name} ({cl.device_type.to_string(dev.type)})"
+
+
+def select_device(spec: str | None = None):
+  """The device named by `spec` (or EDGEML_DEVICE): a name substring or an index; default the first GPU, else CPU."""
+  devs = list_devices()
+  if not devs: raise DeviceError(INSTALL_HINT)
+  spec = os.environ.get("EDGEML_DEVICE", "") if spec is None else spec
+  if not spec: return devs[0]
+  if spec.isdigit():
+    if int(spec) < len(devs): return devs[int(spec)]
+  else:
+    for d in devs:
+      if spec.lower() in f"{d.platform.name} {d.platform.vendor} {d.name}".lower(): return d
+  choices = "; ".join(f"{i}: {describe(d)}" for i, d in enumerate(devs))
+  raise DeviceError(f"EDGEML_DEVICE={spec!r} matches no OpenCL device; available: {choices}")
+
+
+class Device:
+  """A context and an in-order profiling queue on one OpenCL device."""
+  def __init__(self, dev):
+    self.dev = dev
+    self.name = describe(dev)
+    self.ctx = cl.Context([dev])
+    self.queue = cl.CommandQueue(self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+    self.has_fp16 = "cl_khr_fp16" in dev.extensions
+    self.is_pocl = "portable computing language" in dev.platform.name.lower()
+    self._programs: dict[str, cl.Program] = {}
+
+  def build(self, source: str) -> cl.Program:
+    """Build `source` once per process; later calls with the same source return the cached program."""
+    if (prg := self._programs.get(source)) is None:
+      try: prg = cl.Program(self.ctx, source).build()
+      except cl.RuntimeError as e: raise DeviceError(f"OpenCL build failed on {self.name}:\n{e}\n--- source ---\n{source}") from e
+      self._programs[source] = prg
+    return prg
+
+  def alloc(self, nbytes: int) -> cl.Buffer:
+    return cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(nbytes, 4))
+
+  def upload(self, array: np.ndarray) -> cl.Buffer:
+    buf = self.alloc(array.nbytes)
+    if array.nbytes: cl.enqueue_copy(self.queue, buf, np.ascontiguousarray(array), is_blocking=False)
+    return buf
+
+  def download(self, buf: cl.Buffer, shape, dtype) -> np.ndarray:
+    out = np.empty(shape, dtype)
+    if out.nbytes: cl.enqueue_copy(self.queue, out, buf)
+    return out
+
+
+@functools.cache
+def default_device() -> Device:
+  return Device(select_device())

@@ -1,0 +1,37 @@
+"""Runs a schedule on the default OpenCL device: render, build (cached per source), launch, and report.
+
+EDGEML_DEBUG=2 prints one line per kernel with its OpenCL-event time, =3 adds the schedule, =4 the source.
+"""
+import os
+import pyopencl as cl
+from compiled.device import default_device
+from edgeml.schedule import schedule
+from edgeml.codegen import render
+
+DEBUG = int(os.environ.get("EDGEML_DEBUG", "0"))
+
+
+def kernel_line(name: str, global_size: int, local_size: int, seconds: float, flops: int, nbytes: int) -> str:
+  us = seconds * 1e6
+  return (f"{name:<28} g={global_size:<8} l={local_size:<3} {us:9.1f} us {flops / max(seconds, 1e-9) / 1e9:8.2f} GFLOP/s "
+          f"{nbytes / max(seconds, 1e-9) / 1e9:7.2f} GB/s")
+
+
+def realize(outputs: list, stats: list | None = None) -> None:
+  """Compute every node in `outputs` into a device buffer. With `stats`, append (Kernel, seconds) per kernel."""
+  dev = default_device()
+  items = schedule(outputs)
+  if DEBUG >= 3:
+    for i, it in enumerate(items): print(f"schedule {i}: {it.out} <- {[n.shape for n in it.loads]}")
+  for it in items:
+    k = render(it, half_math=dev.has_fp16)
+    if DEBUG >= 4: print(k.source)
+    buf = dev.alloc(k.out.nbytes)
+    event = getattr(dev.build(k.source), k.name)(dev.queue, (k.global_size,), (k.local_size,), buf,
+                                                 *[n.buffer for n in k.loads])
+    if DEBUG >= 2 or stats is not None:
+      event.wait()
+      seconds = (event.profile.end - event.profile.start) * 1e-9
+      if stats is not None: stats.append((k, seconds))
+      if DEBUG >= 2: print(kernel_line(k.name, k.global_size, k.local_size, seconds, k.flops, k.bytes))
+    it.out.set_buffer(buf)

@@ -1,0 +1,110 @@
+"""Integer index expressions with bounds, simplified as they are built.
+
+An expression is a linear combination of atoms (loop variables, floor divisions, modulos) plus a constant.
+Dividing or taking the modulo by a constant pulls out the terms that are exact multiples and drops what the bounds
+prove to be zero, so the index math of reshapes, permutes and sliding windows comes out as plain strides.
+"""
+from __future__ import annotations
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Var:
+  name: str
+  lo: int
+  hi: int
+
+  def bounds(self): return self.lo, self.hi
+  def render(self): return self.name
+
+
+@dataclass(frozen=True)
+class FloorDiv:
+  num: "Lin"
+  den: int
+
+  def bounds(self):
+    lo, hi = self.num.bounds()
+    return lo // self.den, hi // self.den
+
+  def render(self):
+    n = self.num.render()
+    if self.num.bounds()[0] >= 0: return f"(({n})/{self.den})"
+    return f"floordiv_i(({n}),{self.den})"
+
+
+@dataclass(frozen=True)
+class Mod:
+  num: "Lin"
+  den: int
+
+  def bounds(self): return 0, self.den - 1
+
+  def render(self):
+    n = self.num.render()
+    if self.num.bounds()[0] >= 0: return f"(({n})%{self.den})"
+    return f"floormod_i(({n}),{self.den})"
+
+
+@dataclass(frozen=True)
+class Lin:
+  """sum(coef * atom) + const, terms kept sorted so equal expressions compare equal."""
+  terms: tuple = ()
+  const: int = 0
+
+  @staticmethod
+  def of(x) -> Lin:
+    if isinstance(x, Lin): return x
+    if isinstance(x, int): return Lin((), x)
+    return Lin(((x, 1),), 0)
+
+  @staticmethod
+  def _make(coefs: dict, const: int) -> Lin:
+    return Lin(tuple(sorted(((a, c) for a, c in coefs.items() if c != 0), key=lambda t: t[0].render())), const)
+
+  def bounds(self):
+    lo = hi = self.const
+    for atom, c in self.terms:
+      a_lo, a_hi = atom.bounds()
+      lo, hi = lo + min(c * a_lo, c * a_hi), hi + max(c * a_lo, c * a_hi)
+    return lo, hi
+
+  def __add__(self, other) -> Lin:
+    other = Lin.of(other)
+    coefs = dict(self.terms)
+    for a, c in other.terms: coefs[a] = coefs.get(a, 0) + c
+    return Lin._make(coefs, self.const + other.const)
+
+  def __mul__(self, k: int) -> Lin:
+    return Lin._make({a: c * k for a, c in self.terms}, self.const * k) if k else Lin()
+
+  def __sub__(self, other) -> Lin: return self + Lin.of(other) * -1
+
+  def _split(self, k: int):
+    """(quotient, rest) with self = k*quotient + rest, taking out exact multiples of k."""
+    q, r = {}, {}
+    for a, c in self.terms:
+      if c % k == 0: q[a] = c // k
+      else: r[a] = c
+    return Lin._make(q, self.const // k), Lin._make(r, self.const % k)
+
+  def __floordiv__(self, k: int) -> Lin:
+    if k == 1: return self
+    quot, rest = self._split(k)
+    lo, hi = rest.bounds()
+    if lo // k == hi // k: return quot + lo // k
+    return quot + Lin.of(FloorDiv(rest, k))
+
+  def __mod__(self, k: int) -> Lin:
+    if k == 1: return Lin()
+    _, rest = self._split(k)
+    lo, hi = rest.bounds()
+    if lo // k == hi // k: return rest - (lo // k) * k
+    return Lin.of(Mod(rest, k))
+
+  def is_const(self): return not self.terms
+
+  def render(self) -> str:
+    parts = [a.render() if c == 1 else f"{a.render()}*{c}" for a, c in self.terms]
+    if self.const or not parts: parts.append(str(self.const))
+    return "+".join(parts).replace("+-", "-")
