@@ -61,6 +61,7 @@ class Device:
     self.has_fp16 = "cl_khr_fp16" in dev.extensions
     self.is_pocl = "portable computing language" in dev.platform.name.lower()
     self._programs: dict[str, cl.Program] = {}
+    self._kernels: dict[tuple[str, str], cl.Kernel] = {}
 
   def build(self, source: str) -> cl.Program:
     """Build `source` once per process; later calls with the same source return the cached program."""
@@ -69,6 +70,11 @@ class Device:
       except cl.RuntimeError as e: raise DeviceError(f"OpenCL build failed on {self.name}:\n{e}\n--- source ---\n{source}") from e
       self._programs[source] = prg
     return prg
+
+  def kernel(self, source: str, name: str) -> cl.Kernel:
+    """The kernel `name` of the (cached) program built from `source`."""
+    if (k := self._kernels.get((source, name))) is None: k = self._kernels[(source, name)] = cl.Kernel(self.build(source), name)
+    return k
 
   def alloc(self, nbytes: int) -> cl.Buffer:
     return cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(nbytes, 4))

@@ -27,8 +27,9 @@ def realize(outputs: list, stats: list | None = None) -> None:
     k = render(it, half_math=dev.has_fp16)
     if DEBUG >= 4: print(k.source)
     buf = dev.alloc(k.out.nbytes)
-    event = getattr(dev.build(k.source), k.name)(dev.queue, (k.global_size,), (k.local_size,), buf,
-                                                 *[n.buffer for n in k.loads])
+    kernel = dev.kernel(k.source, k.name)
+    kernel.set_args(buf, *[n.buffer for n in k.loads])
+    event = cl.enqueue_nd_range_kernel(dev.queue, kernel, (k.global_size,), (k.local_size,))
     if DEBUG >= 2 or stats is not None:
       event.wait()
       seconds = (event.profile.end - event.profile.start) * 1e-9

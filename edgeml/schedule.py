@@ -37,7 +37,7 @@ def _parents(outputs) -> dict:
   parents, seen, stack = {}, set(), list(outputs)
   while stack:
     n = stack.pop()
-    if id(n) in seen or n.realized: continue
+    if id(n) in seen or n.op is Op.BUFFER: continue
     seen.add(id(n))
     for s in n.src:
       ps = parents.setdefault(id(s), [])
@@ -56,7 +56,7 @@ def _realize_points(outputs, parents) -> set:
   points, seen, stack = {id(o) for o in outputs}, set(), list(outputs)
   while stack:
     n = stack.pop()
-    if id(n) in seen or n.realized: continue
+    if id(n) in seen or n.op is Op.BUFFER: continue
     seen.add(id(n))
     stack.extend(n.src)
     if n.op is Op.CONTIGUOUS: points.add(id(n))
@@ -73,14 +73,14 @@ def schedule(outputs: list[Node]) -> list[ScheduleItem]:
   items, scheduled = [], set()
 
   def visit(root: Node):
-    if root.realized or id(root) in scheduled: return
+    if root.op is Op.BUFFER or id(root) in scheduled: return
     scheduled.add(id(root))
     loads, fused, seen = [], [], set()
 
     def explore(n: Node, in_reduce: bool):
       if (id(n), in_reduce) in seen: return
       seen.add((id(n), in_reduce))
-      if n is not root and (n.realized or id(n) in points):
+      if n is not root and (n.op is Op.BUFFER or id(n) in points):
         if n not in loads: loads.append(n)
         return
       if n.op in REDUCE:
