@@ -1,0 +1,54 @@
+# The header of an edgeml artifact: everything about a compiled program except its weights.
+# The weights follow the header in the file as one raw, 64-byte aligned blob (see compiled/artifact.py).
+# Sizes and offsets are in bytes; buffers and tensors refer to each other by index into `buffers`.
+@0xd8fe050b8fb71c35;
+
+struct Program {
+  compilerVersion @0 :Text;
+  target @1 :Text;            # pocl | nvidia | adreno
+  source @2 :Text;            # one OpenCL program holding every kernel
+  buildOptions @3 :Text;
+  inputs @4 :List(Tensor);
+  outputs @5 :List(Tensor);
+  buffers @6 :List(Buffer);
+  kernels @7 :List(Kernel);
+  arenaSize @8 :UInt64;
+  align @9 :UInt32;           # arena and weights offsets are multiples of this
+}
+
+struct Tensor {
+  name @0 :Text;
+  shape @1 :List(UInt64);
+  dtype @2 :Text;             # a numpy dtype name: float32, float16, int32, uint8, bool, ...
+  buffer @3 :UInt32;
+}
+
+struct Buffer {
+  kind @0 :Kind;
+  offset @1 :UInt64;          # into the arena or the weights blob; 0 for input and output
+  nbytes @2 :UInt64;
+
+  enum Kind {
+    arena @0;
+    weights @1;
+    input @2;
+    output @3;
+  }
+}
+
+struct Kernel {
+  name @0 :Text;              # entry point in Program.source
+  globalSize @1 :List(UInt64);
+  localSize @2 :List(UInt64); # empty: the driver chooses
+  args @3 :List(Arg);
+  flops @4 :UInt64;           # estimates, for inspect and profile
+  bytes @5 :UInt64;
+}
+
+struct Arg {
+  union {
+    buffer @0 :UInt32;
+    int32 @1 :Int32;
+    float32 @2 :Float32;
+  }
+}

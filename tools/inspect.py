@@ -1,0 +1,42 @@
+"""edgeml-inspect: print what an artifact holds. Usage: `edgeml-inspect model.edgeml` (or `python -m tools.inspect`).
+
+Header facts, inputs and outputs, the buffer plan, arena and weights sizes, and one line per kernel with its launch
+sizes, arguments (#n is buffer n), FLOPs and bytes, then the totals.
+"""
+import argparse
+
+from compiled.artifact import artifact_facts, read_artifact
+
+
+def _sizes(sizes) -> str:
+  return "x".join(map(str, sizes)) if sizes else "auto"
+
+
+def _arg(kind: str, value) -> str:
+  return f"#{value}" if kind == "buffer" else f"{value}f" if kind == "float32" else str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="edgeml-inspect", description="Show the contents of an edgeml artifact.")
+  parser.add_argument("artifact")
+  path = parser.parse_args(argv).artifact
+  facts, spec = artifact_facts(path), read_artifact(path)
+  print(f"{path}: edgeml artifact format {facts.format_version}, {facts.file_nbytes} bytes, sha256 {facts.sha256}")
+  print(f"compiler {spec.compiler_version}, target {spec.target}, build options {spec.build_options!r}, "
+        f"header {facts.header_nbytes} bytes, weights at offset {facts.weights_offset}")
+  for role, tensors in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+    print(f"{role}:")
+    for t in tensors: print(f"  {t.name!r:<24} {t.dtype}{list(t.shape)}  buffer #{t.buffer}")
+  print(f"buffers (arena {spec.arena_size} bytes, weights {len(spec.weights)} bytes, offsets aligned to {spec.align}):")
+  print(f"  {'id':>4} {'kind':<8} {'offset':>12} {'bytes':>12}")
+  for i, b in enumerate(spec.buffers): print(f"  {i:>4} {b.kind:<8} {b.offset:>12} {b.nbytes:>12}")
+  print(f"kernels ({len(spec.kernels)}, one program of {len(spec.source.splitlines())} source lines):")
+  print(f"  {'name':<28} {'global':>14} {'local':>10} {'FLOPs':>14} {'bytes':>12}  args")
+  for k in spec.kernels:
+    print(f"  {k.name:<28} {_sizes(k.global_size):>14} {_sizes(k.local_size):>10} {k.flops:>14,} {k.bytes:>12,}  "
+          + " ".join(_arg(kind, v) for kind, v in k.args))
+  print(f"  {'total':<28} {'':>14} {'':>10} {sum(k.flops for k in spec.kernels):>14,} {sum(k.bytes for k in spec.kernels):>12,}")
+
+
+if __name__ == "__main__":
+  main()
