@@ -2,15 +2,27 @@
 
 The choice is deterministic: all (platform, device) pairs are ordered GPU first, then by platform and device name.
 `EDGEML_DEVICE` overrides it with a name substring (`pocl`, `nvidia`) or an index into that order.
+
+Built programs are cached on disk under EDGEML_CACHE_DIR (default ~/.cache/edgeml): driver binaries in `kernels/` where
+they are machine code (every driver but PoCL), and PoCL's own kernel cache in `pocl/` (POCL_CACHE_DIR, unless set),
+because PoCL's program binaries hold only bitcode and would be compiled again at the first enqueue.
 """
 import os
 import functools
+import hashlib
 import numpy as np
 import pyopencl as cl
 
 INSTALL_HINT = ("no OpenCL platform found. Install one: on Debian `apt-get install pocl-opencl-icd ocl-icd-libopencl1 "
                 "binutils` (PoCL runs OpenCL on the CPU), or your GPU vendor's OpenCL driver; `bash scripts/setup.sh` "
                 "does the PoCL install for you.")
+
+
+def cache_dir() -> str:
+  return os.environ.get("EDGEML_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "edgeml")
+
+
+os.environ.setdefault("POCL_CACHE_DIR", os.path.join(cache_dir(), "pocl"))  # before the first platform query
 
 
 class DeviceError(RuntimeError):
@@ -60,21 +72,36 @@ class Device:
     self.queue = cl.CommandQueue(self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
     self.has_fp16 = "cl_khr_fp16" in dev.extensions
     self.is_pocl = "portable computing language" in dev.platform.name.lower()
-    self._programs: dict[str, cl.Program] = {}
+    self._programs: dict[tuple[str, str], cl.Program] = {}
     self._kernels: dict[tuple[str, str], cl.Kernel] = {}
 
-  def build(self, source: str) -> cl.Program:
-    """Build `source` once per process; later calls with the same source return the cached program."""
-    if (prg := self._programs.get(source)) is None:
-      try: prg = cl.Program(self.ctx, source).build()
-      except cl.RuntimeError as e: raise DeviceError(f"OpenCL build failed on {self.name}:\n{e}\n--- source ---\n{source}") from e
-      self._programs[source] = prg
+  def build(self, source: str, options: str = "") -> cl.Program:
+    """Build `source` once per process; later calls return the same program. Off PoCL the driver's binary is cached on
+    disk, keyed by device, driver, options and source, so a later process skips the compiler."""
+    if (prg := self._programs.get((source, options))) is None:
+      binary_path = None if self.is_pocl else self._binary_path(source, options)
+      if (prg := self._from_binary(binary_path, options)) is None:
+        try: prg = cl.Program(self.ctx, source).build(options)
+        except cl.RuntimeError as e: raise DeviceError(f"OpenCL build failed on {self.name}:\n{e}\n--- source ---\n{source}") from e
+        if binary_path: _write_atomic(binary_path, prg.binaries[0])
+      self._programs[(source, options)] = prg
     return prg
 
   def kernel(self, source: str, name: str) -> cl.Kernel:
     """The kernel `name` of the (cached) program built from `source`."""
     if (k := self._kernels.get((source, name))) is None: k = self._kernels[(source, name)] = cl.Kernel(self.build(source), name)
     return k
+
+  def _binary_path(self, source: str, options: str) -> str:
+    key = "\0".join((self.dev.platform.version, self.dev.name, self.dev.driver_version, options, source))
+    return os.path.join(cache_dir(), "kernels", hashlib.sha256(key.encode()).hexdigest() + ".bin")
+
+  def _from_binary(self, path: str | None, options: str) -> cl.Program | None:
+    """The program from a cached binary, or None when there is none or the driver rejects it (it is then rebuilt)."""
+    if path is None or not os.path.exists(path): return None
+    with open(path, "rb") as f: binary = f.read()
+    try: return cl.Program(self.ctx, [self.dev], [binary]).build(options)
+    except cl.Error: return None
 
   def alloc(self, nbytes: int) -> cl.Buffer:
     return cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(nbytes, 4))
@@ -88,6 +115,13 @@ class Device:
     out = np.empty(shape, dtype)
     if out.nbytes: cl.enqueue_copy(self.queue, out, buf)
     return out
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f: f.write(data)
+  os.replace(tmp, path)
 
 
 @functools.cache

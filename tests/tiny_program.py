@@ -1,6 +1,6 @@
 """A hand-written three-kernel program for the artifact and runtime tests, and its numpy reference.
 
-x[1,8] -> h = relu(w @ x + b) (arena, at a nonzero offset) -> y = h * s (output) -> best = argmax(y) (int32 output).
+x[1,8] -> h[n_out] = relu(w @ x + b) (arena, at a nonzero offset) -> y = h * s (output) -> best = argmax(y) (int32 output).
 """
 import numpy as np
 
@@ -24,31 +24,32 @@ __kernel void argmax(__global int *best, __global const float *y, int n) {
   best[0] = j;
 }
 """
-N_IN, N_OUT, SCALE = 8, 16, 1.5
+N_IN, SCALE = 8, 1.5
 
 
-def weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  rng = np.random.default_rng(seed)
-  return rng.standard_normal((N_OUT, N_IN), np.float32), rng.standard_normal(N_OUT, np.float32)
+def weights(n_out: int) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(n_out)
+  return rng.standard_normal((n_out, N_IN), np.float32), rng.standard_normal(n_out, np.float32)
 
 
-def tiny_spec(target: str = "pocl", align: int = 512) -> ProgramSpec:
-  w, b = weights()
-  blob = w.tobytes() + bytes(512 - w.nbytes) + b.tobytes()  # w at 0, b at 512
+def tiny_spec(target: str = "pocl", align: int = 512, n_out: int = 16) -> ProgramSpec:
+  """n_out: a multiple of 8."""
+  w, b = weights(n_out)
+  b_at = -(-w.nbytes // 512) * 512
   return ProgramSpec(
     target=target, compiler_version="test-0", source=SOURCE, build_options="-cl-fast-relaxed-math",
     inputs=[TensorSpec("x", (1, N_IN), "float32", 0)],
-    outputs=[TensorSpec("y", (1, N_OUT), "float32", 1), TensorSpec("best", (1,), "int32", 2)],
-    buffers=[BufferSpec("input", 0, 4 * N_IN), BufferSpec("output", 0, 4 * N_OUT), BufferSpec("output", 0, 4),
-             BufferSpec("weights", 0, w.nbytes), BufferSpec("weights", 512, b.nbytes), BufferSpec("arena", 512, 4 * N_OUT)],
-    kernels=[KernelSpec("dense_relu", (N_OUT,), (8,), [("buffer", 5), ("buffer", 0), ("buffer", 3), ("buffer", 4), ("int32", N_IN)],
-                        flops=2 * N_IN * N_OUT, bytes=4 * (N_IN + N_IN * N_OUT + 2 * N_OUT)),
-             KernelSpec("scale", (N_OUT,), None, [("buffer", 1), ("buffer", 5), ("float32", SCALE)], flops=N_OUT, bytes=8 * N_OUT),
-             KernelSpec("argmax", (1,), (1,), [("buffer", 2), ("buffer", 1), ("int32", N_OUT)], flops=N_OUT, bytes=4 * N_OUT + 4)],
-    arena_size=512 + 4 * N_OUT, align=align, weights=blob)
+    outputs=[TensorSpec("y", (1, n_out), "float32", 1), TensorSpec("best", (1,), "int32", 2)],
+    buffers=[BufferSpec("input", 0, 4 * N_IN), BufferSpec("output", 0, 4 * n_out), BufferSpec("output", 0, 4),
+             BufferSpec("weights", 0, w.nbytes), BufferSpec("weights", b_at, b.nbytes), BufferSpec("arena", 512, 4 * n_out)],
+    kernels=[KernelSpec("dense_relu", (n_out,), (8,), [("buffer", 5), ("buffer", 0), ("buffer", 3), ("buffer", 4), ("int32", N_IN)],
+                        flops=2 * N_IN * n_out, bytes=4 * (N_IN + N_IN * n_out + 2 * n_out)),
+             KernelSpec("scale", (n_out,), None, [("buffer", 1), ("buffer", 5), ("float32", SCALE)], flops=n_out, bytes=8 * n_out),
+             KernelSpec("argmax", (1,), (1,), [("buffer", 2), ("buffer", 1), ("int32", n_out)], flops=n_out, bytes=4 * n_out + 4)],
+    arena_size=512 + 4 * n_out, align=align, weights=w.tobytes() + bytes(b_at - w.nbytes) + b.tobytes())
 
 
-def reference(x: np.ndarray) -> dict[str, np.ndarray]:
-  w, b = weights()
+def reference(x: np.ndarray, n_out: int = 16) -> dict[str, np.ndarray]:
+  w, b = weights(n_out)
   y = (np.maximum(w @ x[0] + b, 0) * np.float32(SCALE))[None]
   return {"y": y, "best": np.array([np.argmax(y)], np.int32)}

@@ -1,0 +1,146 @@
+"""Runs a compiled artifact: open, verify, allocate, build, run, time.
+
+`load` reads and verifies the artifact and picks a device of its target. `Program` then allocates everything once
+(the arena and the weights as one device buffer each, the buffers of the plan as sub-buffers of them, one buffer and one
+host array per input and output), builds the single OpenCL program (cached, see compiled/device.py), binds every kernel's
+arguments, and runs the kernel list once so the driver generates its machine code now rather than in the first frame.
+A frame copies inputs in, enqueues the fixed kernel list, copies outputs out and finishes the queue once.
+"""
+import os
+
+import numpy as np
+import pyopencl as cl
+
+from compiled.artifact import ArtifactError, KernelSpec, ProgramSpec, read_artifact
+from compiled.device import Device, default_device, list_devices
+
+SCALARS = {"int32": np.int32, "float32": np.float32}
+TARGET_MARKS = {"pocl": ("portable computing language",), "nvidia": ("nvidia",), "adreno": ("qualcomm", "adreno")}
+
+
+class InputError(ValueError):
+  """Feeds or names that do not match the program's inputs and outputs."""
+
+
+def device_target(dev: cl.Device) -> str | None:
+  """The artifact target whose code runs on `dev`: 'pocl', 'nvidia', 'adreno', or None."""
+  words = f"{dev.platform.name} {dev.platform.vendor} {dev.vendor} {dev.name}".lower()
+  return next((t for t, marks in TARGET_MARKS.items() if any(m in words for m in marks)), None)
+
+
+def _device_for(spec: ProgramSpec, path: str, device: Device | None, allow_target_mismatch: bool) -> Device:
+  """The given device, else the default one, else (EDGEML_DEVICE unset) the first device of the artifact's target."""
+  if device is None:
+    device = default_device()
+    if device_target(device.dev) != spec.target and not os.environ.get("EDGEML_DEVICE"):
+      device = next((Device(d) for d in list_devices() if device_target(d) == spec.target), device)
+  if (actual := device_target(device.dev)) != spec.target and not allow_target_mismatch:
+    raise ArtifactError(f"{path}: compiled for target {spec.target!r}, but the device is {device.name} (target "
+                        f"{actual or 'unknown'!r}); compile for this target, choose another device with EDGEML_DEVICE, "
+                        f"or pass allow_target_mismatch=True to run it anyway")
+  return device
+
+
+def load(path: str | os.PathLike, device: Device | None = None, allow_target_mismatch: bool = False) -> "Program":
+  """Open and verify the artifact at `path` and make it ready to run on `device` (default: one of its target)."""
+  spec = read_artifact(path)
+  return Program(spec, _device_for(spec, os.fspath(path), device, allow_target_mismatch), name=os.fspath(path))
+
+
+class Program:
+  """A compiled program on one device with everything allocated, built and bound.
+
+  run(feeds) -> {name: array} and run(output_names | None, feeds) -> [array] copy in and out. The allocation-free path:
+  fill input_buffer(name) in place, execute(), read output_buffer(name) (a view, overwritten by the next execute).
+  """
+  def __init__(self, spec: ProgramSpec, device: Device, name: str = "program"):
+    self.name, self.device = name, device
+    self.inputs, self.outputs, self.kernels = spec.inputs, spec.outputs, spec.kernels
+    buffers = self._allocate(spec)
+    program = device.build(spec.source, spec.build_options)
+    self._launches = [self._bind(program, k, buffers) for k in spec.kernels]
+    self._events: list[cl.Event | None] = [None] * len(self._launches)
+    self._host_inputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
+    self._host_outputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.outputs}
+    self._uploads = [(buffers[t.buffer], self._host_inputs[t.name]) for t in self.inputs]
+    self._downloads = [(self._host_outputs[t.name], buffers[t.buffer]) for t in self.outputs]
+    self.execute()  # warm-up: machine code is generated at each kernel's first enqueue
+
+  def _allocate(self, spec: ProgramSpec) -> list[cl.Buffer]:
+    """One device buffer per plan entry: arena and weights entries are sub-buffers of one arena and one weights buffer."""
+    need = self.device.dev.mem_base_addr_align // 8
+    if spec.align % need:
+      raise ArtifactError(f"{self.name}: offsets are aligned to {spec.align} bytes, but {self.device.name} needs "
+                          f"sub-buffers aligned to {need} bytes (CL_DEVICE_MEM_BASE_ADDR_ALIGN); compile with align={need}")
+    # held for the program's life: PoCL 3.1 does not keep a parent buffer alive for its sub-buffers
+    self._parents = parents = {"arena": self.device.alloc(spec.arena_size),
+                               "weights": self.device.upload(np.frombuffer(spec.weights, np.uint8))}
+    return [parents[b.kind].get_sub_region(b.offset, b.nbytes) if b.kind in parents and b.nbytes
+            else self.device.alloc(b.nbytes) for b in spec.buffers]
+
+  def _bind(self, program: cl.Program, k: KernelSpec, buffers: list[cl.Buffer]) -> tuple:
+    """A kernel object of its own (arguments are kernel state) with every argument set, and its launch sizes."""
+    try: kernel = cl.Kernel(program, k.name)
+    except cl.Error as e: raise ArtifactError(f"{self.name}: kernel {k.name!r} is not in the program source") from e
+    if kernel.num_args != len(k.args):
+      raise ArtifactError(f"{self.name}: kernel {k.name!r} takes {kernel.num_args} arguments, the artifact gives {len(k.args)}")
+    for i, (kind, value) in enumerate(k.args): kernel.set_arg(i, buffers[value] if kind == "buffer" else SCALARS[kind](value))
+    return kernel, k.global_size, k.local_size
+
+  # ---- run ------------------------------------------------------------------------------------------------------
+
+  def input_buffer(self, name: str) -> np.ndarray:
+    """The host array `execute` copies to the device input `name`: fill it in place."""
+    return self._lookup(self._host_inputs, name, "input")
+
+  def output_buffer(self, name: str) -> np.ndarray:
+    """The host array `execute` copies the device output `name` into."""
+    return self._lookup(self._host_outputs, name, "output")
+
+  def execute(self) -> None:
+    """One frame on the preallocated buffers: inputs in, every kernel, outputs out, one finish. Allocates no arrays."""
+    queue = self.device.queue
+    for buf, host in self._uploads: cl.enqueue_copy(queue, buf, host, is_blocking=False)
+    for i, (kernel, global_size, local_size) in enumerate(self._launches):
+      self._events[i] = cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
+    for host, buf in self._downloads: cl.enqueue_copy(queue, host, buf, is_blocking=False)
+    queue.finish()
+
+  def run(self, *args):
+    """run(feeds) -> {output name: array}, or onnxruntime's run(output_names or None, feeds) -> [array, ...]."""
+    if len(args) not in (1, 2): raise TypeError("use run(feeds) or run(output_names, feeds)")
+    feeds = args[-1]
+    if missing := [t.name for t in self.inputs if t.name not in feeds]: raise InputError(f"{self.name}: missing inputs {missing}; {self._signature()}")
+    if extra := [n for n in feeds if n not in self._host_inputs]: raise InputError(f"{self.name}: unknown inputs {extra}; {self._signature()}")
+    for t in self.inputs:
+      value = np.asarray(feeds[t.name])
+      if value.shape != tuple(t.shape) or value.dtype != np.dtype(t.dtype):
+        raise InputError(f"{self.name}: input {t.name!r} is {value.dtype}{list(value.shape)}; {self._signature()}")
+      np.copyto(self._host_inputs[t.name], value)
+    self.execute()
+    if len(args) == 1: return {name: host.copy() for name, host in self._host_outputs.items()}
+    return [self.output_buffer(name).copy() for name in (args[0] or self._host_outputs)]
+
+  # ---- time -----------------------------------------------------------------------------------------------------
+
+  @property
+  def last_gpu_time(self) -> float:
+    """Seconds the kernels of the last execute spent on the device (profiling events; transfers not counted)."""
+    return sum(e.profile.end - e.profile.start for e in self._events) * 1e-9
+
+  def profile(self, n: int = 10) -> list[tuple[str, tuple[int, ...], float]]:
+    """(kernel name, global size, median seconds over `n` executes) for every kernel, in launch order."""
+    times = np.empty((n, len(self._events)))
+    for row in times:
+      self.execute()
+      row[:] = [e.profile.end - e.profile.start for e in self._events]
+    return [(k.name, k.global_size, float(s)) for k, s in zip(self.kernels, np.median(times, axis=0) * 1e-9)]
+
+  # ---- messages -------------------------------------------------------------------------------------------------
+
+  def _signature(self) -> str:
+    return "the program takes " + ", ".join(f"{t.name!r}: {t.dtype}{list(t.shape)}" for t in self.inputs)
+
+  def _lookup(self, arrays: dict, name: str, role: str) -> np.ndarray:
+    if name not in arrays: raise InputError(f"{self.name}: no {role} named {name!r}; the {role}s are {list(arrays)}")
+    return arrays[name]

@@ -1,0 +1,181 @@
+"""The device runtime on the tiny three-kernel program: results against numpy, the three ways to run, the errors, the
+allocation-free frame, timing, the binary cache, and that `import compiled` stays away from the compiler."""
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import compiled
+from compiled.artifact import ArtifactError, write_artifact
+from compiled.device import Device, default_device
+from compiled.runtime import InputError, Program
+from tiny_program import SOURCE, reference, tiny_spec
+
+rng = np.random.default_rng(1)
+
+
+def x_like() -> np.ndarray:
+  return rng.standard_normal((1, 8), np.float32)
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory):
+  p = tmp_path_factory.mktemp("rt") / "tiny.edgeml"
+  write_artifact(tiny_spec(), p)
+  return p
+
+
+@pytest.fixture(scope="module")
+def prog(path):
+  return compiled.load(path)
+
+
+def check(outputs: dict, x: np.ndarray, n_out: int = 16):
+  want = reference(x, n_out)
+  np.testing.assert_allclose(outputs["y"], want["y"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(outputs["best"], want["best"])
+
+
+def test_signature(prog):
+  assert [(t.name, t.shape, t.dtype) for t in prog.inputs] == [("x", (1, 8), "float32")]
+  assert [(t.name, t.shape, t.dtype) for t in prog.outputs] == [("y", (1, 16), "float32"), ("best", (1,), "int32")]
+
+
+def test_run_feeds(prog):
+  for _ in range(3):
+    x = x_like()
+    out = prog.run({"x": x})
+    assert set(out) == {"y", "best"} and out["y"].dtype == np.float32 and out["best"].dtype == np.int32
+    check(out, x)
+
+
+def test_run_onnxruntime_form(prog):
+  x = x_like()
+  best, y = prog.run(["best", "y"], {"x": x})
+  check({"y": y, "best": best}, x)
+  y2, best2 = prog.run(None, {"x": x})
+  check({"y": y2, "best": best2}, x)
+
+
+def test_run_returns_copies(prog):
+  a = prog.run({"x": x_like()})["y"]
+  kept = a.copy()
+  prog.run({"x": x_like()})
+  np.testing.assert_array_equal(a, kept)
+
+
+def test_preallocated_path(prog):
+  x_buf, y_view = prog.input_buffer("x"), prog.output_buffer("y")
+  for _ in range(3):
+    x_buf[:] = x_like()
+    prog.execute()
+    assert prog.output_buffer("y") is y_view
+    check({"y": y_view, "best": prog.output_buffer("best")}, x_buf)
+
+
+def test_steady_state_allocates_nothing():
+  """With a 16 KB output, one array made per frame would show in the peak."""
+  prog = Program(tiny_spec(n_out=4096), default_device())
+  prog.input_buffer("x")[:] = x = x_like()
+  tracemalloc.start()
+  try:
+    for _ in range(100): prog.execute()  # warm-up under tracing: pyopencl frees its copy events lazily
+    before, _ = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    for _ in range(500): prog.execute()
+    after, peak = tracemalloc.get_traced_memory()
+  finally: tracemalloc.stop()
+  assert after - before < 1024, f"{after - before} bytes kept after 500 frames"
+  assert peak - before < 4096, f"peak {peak - before} bytes above the start during the frames"
+  check({"y": prog.output_buffer("y"), "best": prog.output_buffer("best")}, x, n_out=4096)
+
+
+def test_timing(prog):
+  prog.run({"x": x_like()})
+  assert 0 < prog.last_gpu_time < 1
+  rows = prog.profile(5)
+  assert [(name, size) for name, size, _ in rows] == [("dense_relu", (16,)), ("scale", (16,)), ("argmax", (1,))]
+  assert all(0 < s < 1 for _, _, s in rows)
+
+
+def test_two_programs_keep_their_own_arguments(path):
+  a, b = compiled.load(path), compiled.load(path)
+  xa, xb = x_like(), x_like()
+  a.input_buffer("x")[:], b.input_buffer("x")[:] = xa, xb
+  b.execute(); a.execute()
+  check({"y": a.output_buffer("y"), "best": a.output_buffer("best")}, xa)
+  check({"y": b.output_buffer("y"), "best": b.output_buffer("best")}, xb)
+
+
+@pytest.mark.parametrize("feeds, problem", [
+  ({}, r"missing inputs \['x'\]"),
+  ({"x": np.zeros((1, 8), np.float32), "z": 1}, r"unknown inputs \['z'\]"),
+  ({"x": np.zeros((8,), np.float32)}, r"input 'x' is float32\[8\]; the program takes 'x': float32\[1, 8\]"),
+  ({"x": np.zeros((1, 8), np.float64)}, r"input 'x' is float64\[1, 8\]"),
+])
+def test_bad_feeds(prog, feeds, problem):
+  with pytest.raises(InputError, match=problem): prog.run(feeds)
+
+
+def test_unknown_names(prog):
+  with pytest.raises(InputError, match="no output named 'z'"): prog.run(["z"], {"x": x_like()})
+  with pytest.raises(InputError, match="no input named 'y'"): prog.input_buffer("y")
+
+
+@pytest.mark.parametrize("target", ["nvidia", "adreno"])
+def test_wrong_target(tmp_path, target):
+  if not default_device().is_pocl: pytest.skip("needs a PoCL default device")
+  p = tmp_path / f"{target}.edgeml"
+  write_artifact(tiny_spec(target), p)
+  with pytest.raises(ArtifactError, match=f"compiled for target '{target}', but the device is .*allow_target_mismatch"):
+    compiled.load(p, default_device())
+  x = x_like()
+  check(compiled.load(p, default_device(), allow_target_mismatch=True).run({"x": x}), x)
+
+
+def test_alignment_below_the_device_minimum():
+  need = default_device().dev.mem_base_addr_align // 8
+  with pytest.raises(ArtifactError, match=f"needs sub-buffers aligned to {need} bytes"):
+    Program(tiny_spec(align=need // 2), default_device())
+
+
+def test_kernel_mismatches():
+  spec = tiny_spec()
+  spec.kernels[1].name = "nowhere"
+  with pytest.raises(ArtifactError, match="kernel 'nowhere' is not in the program source"): Program(spec, default_device())
+  spec = tiny_spec()
+  spec.kernels[1].args.pop()
+  with pytest.raises(ArtifactError, match="kernel 'scale' takes 3 arguments, the artifact gives 2"):
+    Program(spec, default_device())
+
+
+def test_binary_cache(tmp_path, monkeypatch):
+  """The driver-binary path, exercised on PoCL by pretending its binaries were machine code."""
+  monkeypatch.setenv("EDGEML_CACHE_DIR", str(tmp_path))
+  def fresh():
+    dev = Device(default_device().dev)
+    dev.is_pocl = False
+    return dev
+  fresh().build(SOURCE, "-DFIRST")
+  [binary] = (tmp_path / "kernels").iterdir()
+  prg = fresh().build(SOURCE, "-DFIRST")
+  assert prg.get_info(__import__("pyopencl").program_info.SOURCE) == ""  # built from the binary, not the source
+  binary.write_bytes(b"garbage")
+  fresh().build(SOURCE, "-DFIRST")  # a rejected binary is rebuilt from source and replaced
+  assert binary.read_bytes() != b"garbage" and len(list((tmp_path / "kernels").iterdir())) == 1
+
+
+def test_import_compiled_stays_lean(path, tmp_path):
+  code = ("import sys, os, numpy as np, compiled\n"
+          f"p = compiled.load({str(path)!r})\n"
+          "p.run({'x': np.zeros((1, 8), np.float32)})\n"
+          "bad = [m for m in sys.modules if m.split('.')[0] in ('edgeml', 'onnx', 'onnxruntime')]\n"
+          "assert not bad, bad\n"
+          "print(os.environ['POCL_CACHE_DIR'])\n")
+  env = {k: v for k, v in os.environ.items() if k != "POCL_CACHE_DIR"} | {"EDGEML_CACHE_DIR": str(tmp_path)}
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == str(tmp_path / "pocl")
