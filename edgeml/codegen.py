@@ -5,6 +5,7 @@ rendered once per scope), movement ops turn into index expressions, padding into
 reduce into a loop whose body is rendered in its own scope.
 """
 from __future__ import annotations
+import itertools
 import math
 import numpy as np
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ int floormod_i(int a, int b) { return (a % b + b) % b; }
 @dataclass
 class Kernel:
   name: str
-  source: str              # a full OpenCL program holding this one kernel
+  source: str              # the kernel function (program_source() adds what a program needs around it)
   global_size: int
   local_size: int
   out: Node
@@ -56,6 +57,9 @@ def literal(value, dtype: np.dtype) -> str:
   return f"{int(value)}L" if dtype.itemsize == 8 else f"({ctype(dtype)}){int(value)}"
 
 
+MAX_UNROLL = 16   # reduce iterations unrolled at most (3x3 windows yes, long channel loops no)
+
+
 def pick_local_size(n: int) -> int:
   """A power of two up to 64 that still gives at least 8 work groups (2 cores x 2 and some slack)."""
   local = 64
@@ -70,6 +74,7 @@ class _Renderer:
     self.lines: list[str] = []
     self.scopes: list[dict] = [{}]
     self.count, self.trips, self.flops = 0, 1, 0
+    self.pending: list[tuple] = []     # fused-reduce requests: (node, index, validity, accumulator name)
 
   def compute_type(self, dtype) -> str:
     return "float" if dtype.type is np.float16 and not self.half_math else ctype(dtype)
@@ -125,27 +130,43 @@ class _Renderer:
     return self.emit(n.dtype, f"({render_conditions(conds)}?{v}:{literal(0, n.dtype)})")
 
   def _reduce(self, n: Node, idx: tuple, valid: tuple) -> str:
-    src = n.src[0]
-    acc = f"acc{self.count}"
-    self.count += 1
-    init = literal(0, n.dtype) if n.op is Op.SUM else min_literal(n.dtype)
-    self.lines.append(f"{self.compute_type(n.dtype)} {acc} = {init};")
-    inner, loops = list(idx), 0
-    for ax in n.arg:
-      if src.shape[ax] == 1: continue
-      var = f"r{self.count}_{ax}"
-      inner[ax] = Lin.of(Var(var, 0, src.shape[ax] - 1))
-      self.lines.append(f"for (int {var} = 0; {var} < {src.shape[ax]}; {var}++) {{")
-      self.trips *= src.shape[ax]
-      loops += 1
-    self.scopes.append({})
-    v = self.value(src, tuple(inner), valid)
-    self.lines.append(f"{acc} = {acc} + {v};" if n.op is Op.SUM else f"{acc} = ({v}>{acc}?{v}:{acc});")
-    self.flops += self.trips
-    self.scopes.pop()
-    self.lines += ["}"] * loops
-    for ax in n.arg: self.trips //= src.shape[ax]
+    """Deferred: the accumulator's name now, the loop later in `reduce_loop`, shared by every output of the tile."""
+    acc = f"acc{len(self.pending)}"
+    self.pending.append((n, idx, valid, acc))
     return acc
+
+  def reduce_loop(self) -> list[str]:
+    """One loop nest over the fused reduce's axes, accumulating every pending request. Short axes (a 3x3 window)
+    are unrolled, so values shared between neighbouring outputs and taps are loaded once."""
+    if not self.pending: return []
+    n = self.pending[0][0]
+    src, lines, loops = n.src[0], [], {}
+    init = literal(0, n.dtype) if n.op is Op.SUM else min_literal(n.dtype)
+    lines += [f"{self.compute_type(n.dtype)} {acc} = {init};" for *_, acc in self.pending]
+    axes = [ax for ax in n.arg if src.shape[ax] > 1]
+    unrolled = []
+    for ax in reversed(axes):
+      if src.shape[ax] <= MAX_UNROLL and math.prod(src.shape[a] for a in unrolled) * src.shape[ax] <= MAX_UNROLL: unrolled.append(ax)
+    for ax in axes:
+      if ax in unrolled: continue
+      loops[ax] = Lin.of(Var(f"r{ax}", 0, src.shape[ax] - 1))
+      lines.append(f"for (int r{ax} = 0; r{ax} < {src.shape[ax]}; r{ax}++) {{")
+    self.lines, self.scopes = lines, [{}]
+    self.trips = math.prod(src.shape[ax] for ax in loops)
+    for values in itertools.product(*(range(src.shape[ax]) for ax in unrolled)):
+      fixed = {**loops, **{ax: Lin.of(v) for ax, v in zip(unrolled, values)}}
+      for _, idx, valid, acc in self.pending:
+        inner = tuple(fixed.get(ax, i) for ax, i in enumerate(idx))
+        v = self.value(src, inner, valid)
+        self.lines.append(f"{acc} = {acc} + {v};" if n.op is Op.SUM else f"{acc} = ({v}>{acc}?{v}:{acc});")
+        self.flops += self.trips
+    return self.lines + ["}"] * len(loops)
+
+
+def program_source(kernels: list[Kernel], half_math: bool = False) -> str:
+  """One OpenCL program holding `kernels` (their names must be unique)."""
+  fp16 = "#pragma OPENCL EXTENSION cl_khr_fp16 : enable\n" if half_math else ""
+  return fp16 + PRELUDE + "\n".join(k.source for k in kernels)
 
 
 def min_literal(dtype: np.dtype) -> str:
@@ -175,38 +196,77 @@ def view_index(n: Node, idx: tuple) -> tuple:
 
 
 def kernel_name(item: ScheduleItem) -> str:
-  reduces = []
-  stack, seen = [item.out], set()
+  reduces = [n for n in _kernel_nodes(item) if n.op in REDUCE]
+  dims = "_".join(str(s) for s in item.out.shape) or "1"
+  if not reduces: return f"E_{dims}"
+  return f"r_{dims}_{math.prod(reduces[0].src[0].shape[a] for a in reduces[0].arg)}"
+
+
+def tile_candidates(item: ScheduleItem) -> list[dict[int, int]]:
+  """Ways to give each work item several neighbouring outputs ({output axis: tile}) when the kernel has a fused
+  reduce: the last axis by 8 or 4, optionally times the first other axis by 4 that divides."""
+  if not any(n.op in REDUCE for n in _kernel_nodes(item)): return [{}]
+  shape = item.out.shape
+  last = [{len(shape) - 1: t} for t in (8, 4) if shape and shape[-1] % t == 0][:1] or [{}]
+  other = [a for a, s in enumerate(shape[:-1]) if s % 4 == 0][:1]
+  options = last + [{**last[0], a: 4} for a in other]   # smallest first: a tie keeps fewer registers
+  return [o for o in options if item.out.size // math.prod(o.values(), start=1) >= 8] or [{}]
+
+
+def _kernel_nodes(item: ScheduleItem) -> list[Node]:
+  out, stack, seen = [], [item.out], set()
   while stack:
     n = stack.pop()
     if id(n) in seen or (n is not item.out and n in item.loads): continue
     seen.add(id(n))
-    if n.op in REDUCE: reduces.append(n)
+    out.append(n)
     stack.extend(n.src)
-  dims = "_".join(str(s) for s in item.out.shape) or "1"
-  if not reduces: return f"E_{dims}"
-  red = math.prod(reduces[0].src[0].shape[a] for a in reduces[0].arg)
-  return f"r_{dims}_{red}"
+  return out
 
 
 def render(item: ScheduleItem, half_math: bool = False, name: str | None = None) -> Kernel:
-  """OpenCL source and launch sizes for one schedule item."""
-  out, size = item.out, max(item.out.size, 1)
+  """OpenCL source and launch sizes for one schedule item: of the tilings offered, the one whose loop reads the
+  fewest values per output."""
+  best = None
+  for tiles in tile_candidates(item):
+    r, size, lines = _render_tiled(item, tiles, half_math)
+    loop_loads = sum("data" in line for line in lines if line.startswith("float v") or line.startswith("int v"))
+    cost = loop_loads / math.prod(tiles.values(), start=1)
+    if best is None or cost < best[0]: best = (cost, r, size, lines)
+  _, r, size, lines = best
+  return _kernel(item, r, size, lines, name or kernel_name(item))
+
+
+def _render_tiled(item: ScheduleItem, tiles: dict, half_math: bool):
+  out = item.out
+  grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
+  size = max(math.prod(grid), 1)
   r = _Renderer(item, half_math)
   gid = Lin.of(Var("gid", 0, size - 1))
-  idx = tuple(Lin() if s == 1 else (gid // st) % s for s, st in zip(out.shape, contiguous_strides(out.shape)))
-  v = r.value(out.src[0] if out.op is Op.CONTIGUOUS else out, idx, ())
-  if out.dtype.type is np.float16 and not half_math: store = f"vstore_half({v},gid,data0);"
-  else: store = f"data0[gid] = ({ctype(out.dtype)})({v});"
+  base = [Lin() if s == 1 else (gid // st) % s for s, st in zip(grid, contiguous_strides(grid))]
+  root = out.src[0] if out.op is Op.CONTIGUOUS else out
+  stores = []
+  for offsets in itertools.product(*(range(t) for t in tiles.values())):
+    idx = list(base)
+    for (a, t), o in zip(tiles.items(), offsets): idx[a] = base[a] * t + o
+    v = r.value(root, tuple(idx), ())
+    where = Lin()
+    for i, st in zip(idx, contiguous_strides(out.shape)): where = where + i * st
+    stores.append(f"vstore_half({v},{where.render()},data0);" if out.dtype.type is np.float16 and not half_math
+                  else f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
+  post = r.lines
+  return r, size, r.reduce_loop() + post + stores
+
+
+def _kernel(item: ScheduleItem, r: _Renderer, size: int, lines: list, name: str) -> Kernel:
+  out = item.out
   local = pick_local_size(size)
   global_size = -(-size // local) * local
-  name = name or kernel_name(item)
   params = [f"__global {ctype(out.dtype)}* restrict data0"]
   params += [f"const __global {ctype(n.dtype)}* restrict data{r.args[id(n)]}" for n in item.loads]
-  body = "\n  ".join(r.lines + [store])
+  body = "\n  ".join(lines)
   guard = f"\n  if (gid >= {size}) return;" if global_size != size else ""
-  fp16 = "#pragma OPENCL EXTENSION cl_khr_fp16 : enable\n" if half_math else ""
-  source = (f"{fp16}{PRELUDE}__kernel __attribute__((reqd_work_group_size({local},1,1)))\n"
+  source = (f"__kernel __attribute__((reqd_work_group_size({local},1,1)))\n"
             f"void {name}({', '.join(params)}) {{\n  int gid = get_global_id(0);{guard}\n  {body}\n}}\n")
   nbytes = out.nbytes + sum(n.nbytes for n in item.loads)
   return Kernel(name, source, global_size, local, out, list(item.loads), r.flops * size, nbytes)

@@ -5,8 +5,9 @@ EDGEML_DEBUG=2 prints one line per kernel with its OpenCL-event time, =3 adds th
 import os
 import pyopencl as cl
 from compiled.device import default_device
+from edgeml.ops import Op
 from edgeml.schedule import schedule
-from edgeml.codegen import render
+from edgeml.codegen import render, program_source
 
 DEBUG = int(os.environ.get("EDGEML_DEBUG", "0"))
 
@@ -21,13 +22,19 @@ def realize(outputs: list, stats: list | None = None) -> None:
   """Compute every node in `outputs` into a device buffer. With `stats`, append (Kernel, seconds) per kernel."""
   dev = default_device()
   items = schedule(outputs)
+  for it in items:
+    for n in it.loads:
+      if n.op is Op.BUFFER and n.buffer is None:
+        raise ValueError(f"input {n.arg!r} {n.shape} is a placeholder without data: compile the graph (edgeml.compile) "
+                         f"or build the input from an array")
   if DEBUG >= 3:
     for i, it in enumerate(items): print(f"schedule {i}: {it.out} <- {[n.shape for n in it.loads]}")
   for it in items:
     k = render(it, half_math=dev.has_fp16)
-    if DEBUG >= 4: print(k.source)
+    source = program_source([k], dev.has_fp16)
+    if DEBUG >= 4: print(source)
     buf = dev.alloc(k.out.nbytes)
-    kernel = dev.kernel(k.source, k.name)
+    kernel = dev.kernel(source, k.name)
     kernel.set_args(buf, *[n.buffer for n in k.loads])
     event = cl.enqueue_nd_range_kernel(dev.queue, kernel, (k.global_size,), (k.local_size,))
     if DEBUG >= 2 or stats is not None:

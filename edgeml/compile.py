@@ -1,0 +1,103 @@
+"""Ahead-of-time compile: a graph of Tensors with placeholder inputs becomes a ProgramSpec (compiled/artifact.py):
+one OpenCL program, the fixed kernel list, the buffer plan and the weights.
+
+Kernels that read only weights are run here, once, and their results stored as weights (constant folding)."""
+from __future__ import annotations
+import numpy as np
+import edgeml
+from compiled.artifact import BufferSpec, KernelSpec, ProgramSpec, TensorSpec
+from compiled.device import default_device
+from edgeml.codegen import kernel_name, program_source, render
+from edgeml.lazy import Node
+from edgeml.memplan import Interval, plan_arena, liveness_lower_bound
+from edgeml.ops import Op
+from edgeml.realize import realize
+from edgeml.schedule import schedule
+from edgeml.tensor import Tensor
+
+ALIGN = 512   # bytes; covers CL_DEVICE_MEM_BASE_ADDR_ALIGN of the targets (4096 bits on NVIDIA)
+TARGETS = ("pocl", "nvidia", "adreno")
+
+
+def placeholder(name: str, shape, dtype=np.float32) -> Tensor:
+  """A graph input: shape and dtype known, data given at run time."""
+  return Tensor(Node(Op.BUFFER, (), name, tuple(shape), np.dtype(dtype)))
+
+
+def _is_placeholder(n: Node) -> bool:
+  return n.op is Op.BUFFER and n.buffer is None
+
+
+def _output_nodes(outputs: dict) -> list[Node]:
+  """Each output computed by a kernel into a buffer of its own."""
+  nodes = []
+  for t in outputs.values():
+    n = t.node
+    if n.op is Op.BUFFER or any(n is m for m in nodes): n = Node(Op.CONTIGUOUS, (n,), None, n.shape, n.dtype)
+    nodes.append(n)
+  return nodes
+
+
+def fold_constants(outputs: list[Node]) -> int:
+  """Run every kernel that depends on no input now; returns how many ran."""
+  dynamic, constant = set(), []
+  for it in schedule(outputs):
+    if any(_is_placeholder(n) or id(n) in dynamic for n in it.loads): dynamic.add(id(it.out))
+    else: constant.append(it.out)
+  if constant: realize(constant)
+  return len(constant)
+
+
+class Compiled:
+  """What compile_graph made, with the numbers the compile prints."""
+  def __init__(self, spec: ProgramSpec, folded: int, planned: int, unplanned: int, lower_bound: int):
+    self.spec, self.folded, self.planned, self.unplanned, self.lower_bound = spec, folded, planned, unplanned, lower_bound
+
+
+def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target: str = "pocl") -> Compiled:
+  if target not in TARGETS: raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+  for name, t in inputs.items():
+    if not _is_placeholder(t.node): raise ValueError(f"input {name!r} is not a placeholder (use edgeml.compile.placeholder)")
+  out_nodes = _output_nodes(outputs)
+  folded = fold_constants(out_nodes)
+  out_nodes = _output_nodes({k: Tensor(n) for k, n in zip(outputs, out_nodes)})
+  items = schedule(out_nodes)
+
+  buffers: list[BufferSpec] = []
+  buffer_of: dict[int, int] = {}
+
+  def add(node: Node, kind: str, offset: int = 0) -> int:
+    buffer_of[id(node)] = len(buffers)
+    buffers.append(BufferSpec(kind, offset, node.nbytes))
+    return buffer_of[id(node)]
+
+  in_specs = [TensorSpec(name, t.shape, t.dtype.name, add(t.node, "input")) for name, t in inputs.items()]
+  out_specs = [TensorSpec(name, n.shape, n.dtype.name, add(n, "output")) for name, n in zip(outputs, out_nodes)]
+
+  blob, dev = bytearray(), default_device()
+  for it in items:
+    for n in it.loads:
+      if n.op is Op.BUFFER and id(n) not in buffer_of:
+        if n.buffer is None: raise ValueError(f"graph reads placeholder {n.arg!r} that is not among the inputs {list(inputs)}")
+        data = dev.download(n.buffer, n.shape, np.uint8 if n.dtype.kind == "b" else n.dtype).tobytes()
+        blob += bytes(-len(blob) % ALIGN)
+        add(n, "weights", len(blob))
+        blob += data
+
+  producer = {id(it.out): i for i, it in enumerate(items)}
+  last_use = {}
+  for i, it in enumerate(items):
+    for n in it.loads: last_use[id(n)] = i
+  arena_nodes = [it.out for it in items if id(it.out) not in buffer_of]
+  intervals = [Interval(n.nbytes, producer[id(n)], last_use.get(id(n), producer[id(n)])) for n in arena_nodes]
+  offsets, arena_size = plan_arena(intervals, ALIGN)
+  for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
+
+  kernels = [render(it, name=f"k{i}_{kernel_name(it)}") for i, it in enumerate(items)]
+  specs = [KernelSpec(k.name, (k.global_size,), (k.local_size,),
+                      [("buffer", buffer_of[id(k.out)])] + [("buffer", buffer_of[id(n)]) for n in k.loads], k.flops, k.bytes)
+           for k in kernels]
+  spec = ProgramSpec(target=target, compiler_version=edgeml.__version__, source=program_source(kernels),
+                     build_options="", inputs=in_specs, outputs=out_specs, buffers=buffers, kernels=specs,
+                     arena_size=arena_size, align=ALIGN, weights=bytes(blob))
+  return Compiled(spec, folded, arena_size, sum(iv.nbytes for iv in intervals), liveness_lower_bound(intervals, ALIGN))
