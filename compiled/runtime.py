@@ -1,9 +1,9 @@
 """Runs a compiled artifact: open, verify, allocate, build, run, time.
 
 `load` reads and verifies the artifact and picks a device of its target. `Program` then allocates everything once
-(the arena and the weights as one device buffer each, the buffers of the plan as sub-buffers of them, one buffer and one
-host array per input and output), builds the single OpenCL program (cached, see compiled/device.py), binds every kernel's
-arguments, and runs the kernel list once so the driver generates its machine code now rather than in the first frame.
+(the arena and the weights as one device buffer each, the buffers of the plan as sub-buffers of them, one buffer and
+one host array per input and output), builds the single OpenCL program (cached, see compiled/device.py), binds every
+kernel's arguments, and runs the kernel list once so the driver generates its machine code now, not in the first frame.
 A frame copies inputs in, enqueues the fixed kernel list, copies outputs out and finishes the queue once.
 """
 import os
@@ -56,35 +56,38 @@ class Program:
   def __init__(self, spec: ProgramSpec, device: Device, name: str = "program"):
     self.name, self.device = name, device
     self.inputs, self.outputs, self.kernels = spec.inputs, spec.outputs, spec.kernels
-    buffers = self._allocate(spec)
+    self._buffers = self._allocate(spec)  # held: a kernel does not keep its argument buffers alive
     program = device.build(spec.source, spec.build_options)
-    self._launches = [self._bind(program, k, buffers) for k in spec.kernels]
+    self._launches = [self._bind(program, k) for k in spec.kernels]
     self._events: list[cl.Event | None] = [None] * len(self._launches)
     self._host_inputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
     self._host_outputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.outputs}
-    self._uploads = [(buffers[t.buffer], self._host_inputs[t.name]) for t in self.inputs]
-    self._downloads = [(self._host_outputs[t.name], buffers[t.buffer]) for t in self.outputs]
+    self._uploads = [(self._buffers[t.buffer], self._host_inputs[t.name]) for t in self.inputs]
+    self._downloads = [(self._host_outputs[t.name], self._buffers[t.buffer]) for t in self.outputs]
     self.execute()  # warm-up: machine code is generated at each kernel's first enqueue
 
   def _allocate(self, spec: ProgramSpec) -> list[cl.Buffer]:
-    """One device buffer per plan entry: arena and weights entries are sub-buffers of one arena and one weights buffer."""
+    """One device buffer per plan entry; arena and weights entries are sub-buffers of one arena, one weights buffer."""
     need = self.device.dev.mem_base_addr_align // 8
     if spec.align % need:
       raise ArtifactError(f"{self.name}: offsets are aligned to {spec.align} bytes, but {self.device.name} needs "
-                          f"sub-buffers aligned to {need} bytes (CL_DEVICE_MEM_BASE_ADDR_ALIGN); compile with align={need}")
+                          f"sub-buffers aligned to {need} bytes (CL_DEVICE_MEM_BASE_ADDR_ALIGN); "
+                          f"compile with align={need}")
     # held for the program's life: PoCL 3.1 does not keep a parent buffer alive for its sub-buffers
     self._parents = parents = {"arena": self.device.alloc(spec.arena_size),
                                "weights": self.device.upload(np.frombuffer(spec.weights, np.uint8))}
     return [parents[b.kind].get_sub_region(b.offset, b.nbytes) if b.kind in parents and b.nbytes
             else self.device.alloc(b.nbytes) for b in spec.buffers]
 
-  def _bind(self, program: cl.Program, k: KernelSpec, buffers: list[cl.Buffer]) -> tuple:
+  def _bind(self, program: cl.Program, k: KernelSpec) -> tuple:
     """A kernel object of its own (arguments are kernel state) with every argument set, and its launch sizes."""
     try: kernel = cl.Kernel(program, k.name)
     except cl.Error as e: raise ArtifactError(f"{self.name}: kernel {k.name!r} is not in the program source") from e
     if kernel.num_args != len(k.args):
-      raise ArtifactError(f"{self.name}: kernel {k.name!r} takes {kernel.num_args} arguments, the artifact gives {len(k.args)}")
-    for i, (kind, value) in enumerate(k.args): kernel.set_arg(i, buffers[value] if kind == "buffer" else SCALARS[kind](value))
+      raise ArtifactError(f"{self.name}: kernel {k.name!r} takes {kernel.num_args} arguments, "
+                          f"the artifact gives {len(k.args)}")
+    for i, (kind, value) in enumerate(k.args):
+      kernel.set_arg(i, self._buffers[value] if kind == "buffer" else SCALARS[kind](value))
     return kernel, k.global_size, k.local_size
 
   # ---- run ------------------------------------------------------------------------------------------------------
@@ -109,17 +112,23 @@ class Program:
   def run(self, *args):
     """run(feeds) -> {output name: array}, or onnxruntime's run(output_names or None, feeds) -> [array, ...]."""
     if len(args) not in (1, 2): raise TypeError("use run(feeds) or run(output_names, feeds)")
-    feeds = args[-1]
-    if missing := [t.name for t in self.inputs if t.name not in feeds]: raise InputError(f"{self.name}: missing inputs {missing}; {self._signature()}")
-    if extra := [n for n in feeds if n not in self._host_inputs]: raise InputError(f"{self.name}: unknown inputs {extra}; {self._signature()}")
-    for t in self.inputs:
-      value = np.asarray(feeds[t.name])
-      if value.shape != tuple(t.shape) or value.dtype != np.dtype(t.dtype):
-        raise InputError(f"{self.name}: input {t.name!r} is {value.dtype}{list(value.shape)}; {self._signature()}")
-      np.copyto(self._host_inputs[t.name], value)
+    self._feed(args[-1])
     self.execute()
     if len(args) == 1: return {name: host.copy() for name, host in self._host_outputs.items()}
     return [self.output_buffer(name).copy() for name in (args[0] or self._host_outputs)]
+
+  def _feed(self, feeds: dict) -> None:
+    """Copy `feeds` into the input host arrays: exactly the program's names, shapes and dtypes (no casts)."""
+    missing = [t.name for t in self.inputs if t.name not in feeds]
+    extra = [name for name in feeds if name not in self._host_inputs]
+    if missing or extra:
+      self._refuse(", ".join(f"{what} inputs {names}" for what, names in (("missing", missing), ("unknown", extra))
+                             if names))
+    for t in self.inputs:
+      value = np.asarray(feeds[t.name])
+      if value.shape != tuple(t.shape) or value.dtype != np.dtype(t.dtype):
+        self._refuse(f"input {t.name!r} is {value.dtype}{list(value.shape)}")
+      np.copyto(self._host_inputs[t.name], value)
 
   # ---- time -----------------------------------------------------------------------------------------------------
 
@@ -138,8 +147,9 @@ class Program:
 
   # ---- messages -------------------------------------------------------------------------------------------------
 
-  def _signature(self) -> str:
-    return "the program takes " + ", ".join(f"{t.name!r}: {t.dtype}{list(t.shape)}" for t in self.inputs)
+  def _refuse(self, problem: str):
+    signature = ", ".join(f"{t.name!r}: {t.dtype}{list(t.shape)}" for t in self.inputs)
+    raise InputError(f"{self.name}: {problem}; the program takes {signature}")
 
   def _lookup(self, arrays: dict, name: str, role: str) -> np.ndarray:
     if name not in arrays: raise InputError(f"{self.name}: no {role} named {name!r}; the {role}s are {list(arrays)}")

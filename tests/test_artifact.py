@@ -136,3 +136,10 @@ def test_inspect(path, capsys):
   for text in ("format 1", "test-0", "pocl", artifact.artifact_facts(path).sha256, "dense_relu", "argmax", "arena",
                "'x'", "float32[1, 8]", "total"):
     assert text in out, text
+
+
+def test_loadtime_demo_is_a_valid_artifact(tmp_path):
+  from tools.loadtime import write_demo
+  write_demo(str(tmp_path / "demo.edgeml"), layers=3, width=64)
+  spec = read_artifact(tmp_path / "demo.edgeml")
+  assert [k.name for k in spec.kernels] == ["dense0", "dense1", "dense2"] and len(spec.weights) == 3 * (4 * 64 * 64 + 1024)

@@ -112,7 +112,8 @@ def test_two_programs_keep_their_own_arguments(path):
 
 @pytest.mark.parametrize("feeds, problem", [
   ({}, r"missing inputs \['x'\]"),
-  ({"x": np.zeros((1, 8), np.float32), "z": 1}, r"unknown inputs \['z'\]"),
+  ({"x": np.zeros((1, 8), np.float32), "z": 1}, r"unknown inputs \[.z.\]"),
+  ({"X": np.zeros((1, 8), np.float32)}, r"missing inputs \[.x.\], unknown inputs \[.X.\]"),
   ({"x": np.zeros((8,), np.float32)}, r"input 'x' is float32\[8\]; the program takes 'x': float32\[1, 8\]"),
   ({"x": np.zeros((1, 8), np.float64)}, r"input 'x' is float64\[1, 8\]"),
 ])
