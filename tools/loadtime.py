@@ -1,9 +1,9 @@
 """Cold and warm load time of an artifact, each in a fresh process. `python -m tools.loadtime [model.edgeml]`
 
-Cold runs start from an empty cache directory (a temporary one: the user's cache is never touched); warm runs reuse
-what the cold run left there. Without an artifact, a demo one is written: a chain of dense + ReLU kernels in one program.
-Columns are seconds: importing the runtime, reading + verifying, creating the device context, building the program,
-allocating + binding + warm-up (the driver generates machine code at each kernel's first enqueue), and the whole process.
+Cold runs start from an empty cache directory (a temporary one: the user's cache is never touched); warm runs
+reuse what the cold run left there. Without an artifact, a demo one is written: a chain of dense + ReLU kernels in
+one program. Columns are seconds: importing the runtime, reading + verifying, creating the device context, building
+the program, allocating + binding + warm-up (machine code is generated at each kernel's first enqueue), the process.
 """
 import argparse
 import json
