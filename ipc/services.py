@@ -1,0 +1,78 @@
+"""The service registry: every topic on the bus, its message type and rate, and where its socket lives.
+
+A service is published by one process, which binds the endpoint; subscribers connect to it.
+Endpoints derive from the service name alone:
+  - default: an ipc:// socket in a runtime directory namespaced by EDGEML_PREFIX, so parallel test
+    runs (each with its own prefix) never meet;
+  - with EDGEML_BUS_HOST set: tcp://HOST:PORT, the port a hash of the name, for a stack spread over
+    machines. The publisher binds HOST and nothing wider: set it to 0.0.0.0 only if you mean it.
+"""
+import os
+import re
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Service:
+  name: str
+  kind: str       # the Event union member it carries
+  rate_hz: float  # declared rate: alive and freq_ok are judged against it
+  queue: int      # messages kept per subscriber before the publisher drops (when not conflating)
+  logged: bool    # recorded by `edgeml-bus record` by default
+
+
+# queue: about a second of messages; camera notices fewer, since the pool overwrites old frames anyway.
+SERVICES = {s.name: s for s in (
+    Service("roadCameraState", "cameraFrame", 20.0, queue=8, logged=True),
+    Service("wideRoadCameraState", "cameraFrame", 20.0, queue=8, logged=True),
+    Service("modelOutput", "modelOutput", 20.0, queue=20, logged=True),
+    Service("liveCalibration", "calibration", 4.0, queue=8, logged=True),
+    Service("robotState", "robotState", 100.0, queue=100, logged=True),
+    Service("heartbeat", "heartbeat", 1.0, queue=4, logged=False),
+)}
+
+TCP_BASE_PORT = 8600
+TCP_PORT_SPAN = 2000
+
+
+def get_service(name: str) -> Service:
+  try:
+    return SERVICES[name]
+  except KeyError:
+    raise ValueError(f"unknown service {name!r}; known services: {', '.join(sorted(SERVICES))}") from None
+
+
+def camera_service(camera: str) -> Service:
+  """The cameraFrame service of a camera: 'road' -> roadCameraState."""
+  name = f"{camera}CameraState"
+  if name not in SERVICES or SERVICES[name].kind != "cameraFrame":
+    cameras = sorted(s.name.removesuffix("CameraState") for s in SERVICES.values() if s.kind == "cameraFrame")
+    raise ValueError(f"unknown camera {camera!r}; known cameras: {', '.join(cameras)}")
+  return SERVICES[name]
+
+
+def prefix() -> str:
+  """EDGEML_PREFIX, or 'default': names every socket and shared-memory file of one bus."""
+  value = os.environ.get("EDGEML_PREFIX") or "default"
+  if not re.fullmatch(r"[A-Za-z0-9_]+", value):
+    raise ValueError(f"EDGEML_PREFIX={value!r}: use letters, digits and '_' only")
+  return value
+
+
+def runtime_dir() -> str:
+  base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+  return os.path.join(base, f"edgeml-{prefix()}")
+
+
+def tcp_port(name: str) -> int:
+  return TCP_BASE_PORT + zlib.crc32(name.encode()) % TCP_PORT_SPAN
+
+
+def endpoint(name: str) -> str:
+  get_service(name)
+  host = os.environ.get("EDGEML_BUS_HOST")
+  if host:
+    return f"tcp://{host}:{tcp_port(name)}"
+  return f"ipc://{os.path.join(runtime_dir(), name)}"
+
