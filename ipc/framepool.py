@@ -1,0 +1,287 @@
+"""Camera frames in shared memory: the pixels stay in a pool of buffers, only a small cameraFrame
+notice (buffer index and sequence) travels on the bus.
+
+Pool file /dev/shm/edgeml-<prefix>-<camera>, mapped by the server (read-write) and by clients (read-only):
+    page 0:   header (magic, version, format, size, buffer count, pool id, owner pid),
+              then one (start, end) pair of uint64 sequences per buffer
+    page 1..: the buffers, each page-aligned
+The server writes `start = seq` before the pixels and `end = seq` after them, then sends the notice.
+A reader whose notice says seq still finds `start == seq` after reading only if the buffer was not
+reused meanwhile (Frame.still_valid). This relies on x86 keeping stores in order; ARM needs fences.
+
+A plain file in /dev/shm with mmap, not multiprocessing.shared_memory: on Python 3.11 a process that
+only attaches unlinks the segment when it exits.
+"""
+import mmap
+import os
+import secrets
+import struct
+import time
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from ipc.messaging import PubMaster, SubMaster, new_message
+from ipc.services import camera_service, prefix
+
+SHM_DIR = "/dev/shm"
+PAGE = 4096
+MAGIC = b"EDGEPOOL"
+VERSION = 1
+FORMATS = {"nv12": 0}
+HEADER = struct.Struct("<8sIIIIIIQQI")  # magic version format width height stride buffers buffer_bytes pool_id pid
+SEQ_OFFSET = 64
+MIN_BUFFERS = 4
+MAX_BUFFERS = (PAGE - SEQ_OFFSET) // 16
+
+
+def pool_name(camera: str) -> str:
+  return f"edgeml-{prefix()}-{camera}"
+
+
+def pool_path(camera: str) -> str:
+  return os.path.join(SHM_DIR, pool_name(camera))
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+@dataclass(frozen=True)
+class Layout:
+  width: int
+  height: int
+  stride: int
+  buffers: int
+
+  @property
+  def frame_bytes(self) -> int:
+    return self.stride * self.height * 3 // 2  # NV12: Y plane, then UV plane at half height
+
+  @property
+  def buffer_bytes(self) -> int:
+    return -(-self.frame_bytes // PAGE) * PAGE
+
+  @property
+  def file_bytes(self) -> int:
+    return PAGE + self.buffers * self.buffer_bytes
+
+  def offset(self, index: int) -> int:
+    return PAGE + index * self.buffer_bytes
+
+
+class Pool:
+  """A mapped pool file: its header, the sequence pairs, and views of the buffers."""
+
+  def __init__(self, path: str, writable: bool):
+    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+      size = os.fstat(fd).st_size
+      prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+      self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=prot)
+      self.inode = os.fstat(fd).st_ino
+    finally:
+      os.close(fd)  # the mapping keeps the memory
+    header = HEADER.unpack_from(self.mm, 0)
+    magic, version, fmt, width, height, stride, buffers, buffer_bytes, self.pool_id, self.pid = header
+    if magic != MAGIC or version != VERSION or fmt not in FORMATS.values():
+      raise ValueError(f"{path}: not an edgeml frame pool of version {VERSION}")
+    self.layout = Layout(width, height, stride, buffers)
+    if buffer_bytes != self.layout.buffer_bytes or size != self.layout.file_bytes:
+      raise ValueError(f"{path}: header does not match the file size")
+    self.seqs = np.ndarray((buffers, 2), np.uint64, buffer=self.mm, offset=SEQ_OFFSET)
+
+  def buffer(self, index: int) -> np.ndarray:
+    return np.ndarray(self.layout.frame_bytes, np.uint8, buffer=self.mm, offset=self.layout.offset(index))
+
+  def planes(self, index: int):
+    """Zero-copy (Y, UV) views: Y is (height, width), UV is (height/2, width) interleaved U,V."""
+    lay, base = self.layout, self.layout.offset(index)
+    y = np.ndarray((lay.height, lay.width), np.uint8, buffer=self.mm, offset=base, strides=(lay.stride, 1))
+    uv = np.ndarray((lay.height // 2, lay.width), np.uint8, buffer=self.mm,
+                    offset=base + lay.stride * lay.height, strides=(lay.stride, 1))
+    return y, uv
+
+
+def _create_pool(path: str, layout: Layout) -> None:
+  """Write a fresh pool file next to `path`, then rename it over `path` in one step: a client never
+  maps a half-made pool, and a stale file left by a dead server is replaced."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+  try:
+    os.ftruncate(fd, layout.file_bytes)
+    header = HEADER.pack(MAGIC, VERSION, FORMATS["nv12"], layout.width, layout.height, layout.stride,
+                         layout.buffers, layout.buffer_bytes, secrets.randbits(64), os.getpid())
+    os.pwrite(fd, header, 0)
+    os.rename(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  finally:
+    os.close(fd)
+
+
+def _remove_if_ours(path: str, inode: int) -> None:
+  try:
+    if os.stat(path).st_ino == inode:  # not a successor's pool
+      os.unlink(path)
+  except FileNotFoundError:
+    pass
+
+
+class FrameServer:
+  """Owns the pool of one camera and publishes its cameraFrame service.
+
+  Either send(pixels), which copies a frame in, or write in place: buf = next_buffer(), fill it,
+  publish(). Buffers are reused round-robin; a client holding an old frame finds out by still_valid().
+  """
+
+  def __init__(self, camera: str, width: int, height: int, fmt: str = "nv12", buffers: int = 4,
+               stride: int | None = None):
+    if fmt not in FORMATS:
+      raise ValueError(f"pixel format {fmt!r} is not supported; supported: {', '.join(FORMATS)}")
+    if not MIN_BUFFERS <= buffers <= MAX_BUFFERS:
+      raise ValueError(f"buffers={buffers}: a pool needs {MIN_BUFFERS} to {MAX_BUFFERS} buffers")
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+      raise ValueError(f"NV12 needs a positive, even width and height, got {width}x{height}")
+    if stride is not None and stride < width:
+      raise ValueError(f"stride {stride} is less than the width {width}")
+    self.camera, self.service = camera, camera_service(camera).name
+    self.path = pool_path(camera)
+    self._refuse_live_owner()
+    _create_pool(self.path, Layout(width, height, stride or width, buffers))
+    self.pool = Pool(self.path, writable=True)
+    self._remove_pool = weakref.finalize(self, _remove_if_ours, self.path, self.pool.inode)  # also at exit
+    self.pm = PubMaster([self.service])
+    self.seq = 0           # sequence of the frame being written, over all buffers
+    self.frame_id = 0
+    self.index = -1        # buffer being written
+
+  def _refuse_live_owner(self):
+    try:
+      owner = Pool(self.path, writable=False).pid
+    except (FileNotFoundError, ValueError):
+      return  # none, or unreadable: replaced below
+    if owner != os.getpid() and _pid_alive(owner):
+      raise RuntimeError(f"camera {self.camera!r} is already served by pid {owner} ({self.path})")
+
+  def next_buffer(self) -> np.ndarray:
+    """The next buffer as a flat, writable uint8 view, already marked as being overwritten."""
+    self.index = (self.index + 1) % self.pool.layout.buffers
+    self.seq += 1
+    self.pool.seqs[self.index, 0] = self.seq  # start: readers of the old frame see it is gone
+    return self.pool.buffer(self.index)
+
+  def publish(self, frame_id: int | None = None, timestamp_sof: int | None = None,
+              timestamp_eof: int | None = None) -> int:
+    """Mark the buffer from next_buffer() complete and announce it. Returns the frame id."""
+    if self.index < 0 or self.pool.seqs[self.index, 1] == self.seq:
+      raise RuntimeError("publish() needs a buffer from next_buffer() first")
+    self.pool.seqs[self.index, 1] = self.seq  # end: the pixels before it are complete
+    self.frame_id = self.frame_id + 1 if frame_id is None else frame_id
+    lay = self.pool.layout
+    eof = time.monotonic_ns() if timestamp_eof is None else timestamp_eof
+    msg = new_message(
+        self.service, camera=self.camera, frameId=self.frame_id,
+        timestampSof=eof if timestamp_sof is None else timestamp_sof, timestampEof=eof,
+        width=lay.width, height=lay.height, stride=lay.stride, format="nv12",
+        pool=os.path.basename(self.path), poolId=self.pool.pool_id,
+        bufferIndex=self.index, bufferSeq=self.seq)
+    self.pm.send(self.service, msg)
+    return self.frame_id
+
+  def send(self, pixels: np.ndarray, **stamps) -> int:
+    """Copy one frame (any array of frame_bytes uint8) into the next buffer and publish it."""
+    buf = self.next_buffer()
+    buf[:] = np.asarray(pixels, np.uint8).reshape(-1)
+    return self.publish(**stamps)
+
+  def wait_for_client(self, timeout_s: float = 5.0) -> bool:
+    return self.pm.wait_for_subscribers(self.service, 1, timeout_s)
+
+  def close(self):
+    """Stop publishing and remove the pool file (if it is still ours)."""
+    self.pm.close()
+    self._remove_pool()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+
+@dataclass
+class Frame:
+  """One camera frame as zero-copy, read-only views into the pool."""
+  y: np.ndarray
+  uv: np.ndarray
+  frame_id: int
+  timestamp_sof: int
+  timestamp_eof: int
+  log_mono_time: int   # when the server published it
+  index: int
+  seq: int
+  pool: Pool
+
+  def still_valid(self) -> bool:
+    """False once the server has begun to reuse this buffer: pixels read before now may be torn."""
+    return int(self.pool.seqs[self.index, 0]) == self.seq
+
+
+class FrameClient:
+  """Maps a camera's pool once and hands out its frames as numpy views. Reattaches (maps the new
+  pool) when the server restarts."""
+
+  def __init__(self, camera: str, timeout_s: float = 5.0):
+    self.camera, self.service = camera, camera_service(camera).name
+    self.path = pool_path(camera)
+    self.sm = SubMaster([self.service], poll=self.service)
+    self.overwritten = 0   # notices whose buffer was already reused when they were read
+    deadline = time.monotonic() + timeout_s
+    while True:
+      try:
+        self.pool = Pool(self.path, writable=False)
+        break
+      except (FileNotFoundError, ValueError):
+        if time.monotonic() > deadline:
+          self.sm.close()
+          raise TimeoutError(f"no frame pool for camera {camera!r} at {self.path} after "
+                             f"{timeout_s} s: is its FrameServer running?") from None
+        time.sleep(0.02)
+
+  def recv(self, timeout_ms: int = 100) -> Frame | None:
+    """The newest frame announced within timeout_ms, or None."""
+    if not self.sm.update(timeout_ms):
+      return None
+    return self.view(self.sm[self.service], self.sm.logMonoTime[self.service])
+
+  def view(self, notice, log_mono_time: int = 0) -> Frame | None:
+    """The frame a cameraFrame notice names, or None if its buffer has been reused already."""
+    if notice.poolId != self.pool.pool_id:
+      try:
+        pool = Pool(self.path, writable=False)
+      except (FileNotFoundError, ValueError):
+        return None
+      if notice.poolId != pool.pool_id:
+        return None  # a notice from a server that is gone
+      self.pool = pool  # the old mapping lives on in frames still holding it
+    index, seq = notice.bufferIndex, notice.bufferSeq
+    y, uv = self.pool.planes(index)
+    frame = Frame(y, uv, notice.frameId, notice.timestampSof, notice.timestampEof, log_mono_time,
+                  index, seq, self.pool)
+    if int(self.pool.seqs[index, 1]) != seq or not frame.still_valid():
+      self.overwritten += 1
+      return None
+    return frame
+
+  def close(self):
+    self.sm.close()
