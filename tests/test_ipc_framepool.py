@@ -1,0 +1,107 @@
+"""Frame pool across processes: zero-copy views, buffer reuse caught, server restart and cleanup.
+Children are this file run as a script (see the role at the bottom)."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from ipc.framepool import FrameClient, FrameServer, pool_path
+from ipc.testing import Children, isolated_bus, read_command
+
+W, H = 64, 48
+FRAME_BYTES = W * H * 3 // 2
+
+
+@pytest.fixture(autouse=True)
+def bus():
+  with isolated_bus() as prefix:
+    yield prefix
+
+
+@pytest.fixture
+def children():
+  with Children() as start:
+    yield start
+
+
+def frame_number(client, n, timeout_ms=10000):
+  """Receive until the frame filled with the value n arrives; None if it does not."""
+  for _ in range(timeout_ms // 100):
+    frame = client.recv(100)
+    if frame is not None and frame.y[0, 0] == n:
+      return frame
+  return None
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="buffers"):
+    FrameServer("road", W, H, buffers=3)
+  with pytest.raises(ValueError, match="even"):
+    FrameServer("road", W, H + 1)
+  with pytest.raises(ValueError, match="'rgb'.*nv12"):
+    FrameServer("road", W, H, fmt="rgb")
+  with pytest.raises(ValueError, match="unknown camera 'back'"):
+    FrameServer("back", W, H)
+
+
+def test_client_without_server_says_so():
+  with pytest.raises(TimeoutError, match="no frame pool for camera 'road'.*FrameServer running"):
+    FrameClient("road", timeout_s=0.1)
+
+
+def test_zero_copy_views_and_reuse_detected(children):
+  server = children(__file__, "serve")
+  server.expect("ready")
+  client = FrameClient("road")
+  server.tell("1")
+  first = frame_number(client, 1)
+  assert first is not None and first.still_valid()
+  assert (first.y == 1).all() and (first.uv == 1).all() and first.y.shape == (H, W) and first.uv.shape == (H // 2, W)
+  assert not first.y.flags.writeable and not first.y.flags.owndata
+  for n in (2, 3, 4):  # the other three buffers
+    server.tell(str(n))
+    server.expect(f"sent {n}")
+  assert first.still_valid()
+  server.tell("5")  # back to the first buffer
+  server.expect("sent 5")
+  assert not first.still_valid()
+  assert first.y[0, 0] == 5  # the view is the shared buffer itself: no copy was made
+
+
+def test_restart_reattaches_and_clean_exit_removes_pool(children):
+  path = pool_path("road")
+  crashed = children(__file__, "serve")
+  crashed.expect("ready")
+  client = FrameClient("road")
+  crashed.tell("1")
+  old = frame_number(client, 1)
+  assert old is not None
+  with pytest.raises(RuntimeError, match="already served by pid"):
+    FrameServer("road", W, H)
+  crashed.kill()  # SIGKILL: no cleanup runs
+  assert os.path.exists(path)  # a crash leaves the pool behind...
+  restarted = children(__file__, "serve")
+  restarted.expect("ready")  # ...and the next server reclaims it
+  restarted.tell("7")
+  new = frame_number(client, 7)
+  assert new is not None and new.pool is not old.pool and new.pool.pool_id != old.pool.pool_id
+  assert old.y[0, 0] == 1  # the old frame still reads its own (now unlinked) pool
+  assert restarted.stop() == 0
+  assert not os.path.exists(path)
+  assert [f for f in os.listdir("/dev/shm") if f.startswith(os.path.basename(path))] == []
+
+
+def serve():
+  """A FrameServer for 'road'; each line n from the parent sends a frame filled with n."""
+  server = FrameServer("road", W, H, buffers=4)
+  print("ready", flush=True)
+  server.wait_for_client(10)
+  while True:
+    if (line := read_command(10)) is not None:
+      server.send(np.full(FRAME_BYTES, int(line), np.uint8))
+      print(f"sent {line}", flush=True)
+
+
+if __name__ == "__main__":
+  {"serve": serve}[sys.argv[1]](*sys.argv[2:])
