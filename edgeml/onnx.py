@@ -65,7 +65,9 @@ class OnnxModel:
     except (NotImplementedError, ValueError, TypeError, IndexError) as e:
       raise type(e)(f"ONNX {n.op} node {n.name!r} (opset {self.opset}): {e}") from e
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-    outs = [o if o is None or isinstance(o, Tensor) else np.asarray(o) for o in outs]
+    # plain numpy for constants, and for empty tensors too: nothing to compute
+    outs = [o if o is None or isinstance(o, Tensor) and o.size else np.asarray(o) if not isinstance(o, Tensor)
+            else np.zeros(o.shape, o.dtype) for o in outs]
     return outs + [None] * (len(n.outputs) - len(outs))
 
   def __call__(self, feeds: dict) -> dict:
@@ -78,20 +80,22 @@ class OnnxModel:
       env[name] = x if isinstance(x, Tensor) else Tensor(np.asarray(x, dtype=dtype))
     for n in self.nodes:
       env.update(zip(n.outputs, self._run(n, [env[i] if i else None for i in n.inputs])))
-    return {o: env[o] if isinstance(env[o], Tensor) else Tensor(np.ascontiguousarray(env[o])) for o in self.outputs}
+    return {o: env[o] if isinstance(env[o], Tensor) else Tensor(np.require(env[o], requirements='C')) for o in self.outputs}
 
 
 def _input_spec(value_info, given) -> tuple:
   name, ttype = value_info.name, value_info.type.tensor_type
   if value_info.type.WhichOneof("value") != "tensor_type":
     raise NotImplementedError(f"input {name!r} is a {value_info.type.WhichOneof('value')}, only tensors are supported")
-  dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+  dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim] if ttype.HasField("shape") else None
   if given is not None:
     given = tuple(int(s) for s in given)
+    if dims is None: dims = [None] * len(given)
     if len(given) != len(dims) or any(d is not None and d != g for d, g in zip(dims, given)):
       raise ValueError(f"shape {given} given for input {name!r} does not fit its declared shape "
                        f"{tuple(d if d is not None else '?' for d in dims)}")
     dims = list(given)
+  if dims is None: raise ValueError(f"input {name!r} has no declared shape; give it with shapes={{{name!r}: (...)}}")
   if None in dims:
     raise ValueError(f"input {name!r} has unknown dims {tuple(d if d is not None else '?' for d in dims)}; "
                      f"fix them with shapes={{{name!r}: (...)}}")

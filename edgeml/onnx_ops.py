@@ -45,7 +45,7 @@ def is_tensor(x) -> bool: return isinstance(x, Tensor)
 
 def as_tensor(x) -> Tensor | None:
   if x is None or isinstance(x, Tensor): return x
-  return Tensor(np.ascontiguousarray(x))
+  return Tensor(np.require(x, requirements='C'))
 
 
 class Call:
@@ -317,7 +317,7 @@ def reshape(n):
 @op("Flatten")
 def flatten(n):
   x = n.arrays()[0]
-  axis = axis_of(n.get("axis", 1), x.ndim + 1)
+  axis = n.get("axis", 1) + (x.ndim if n.get("axis", 1) < 0 else 0)
   return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
@@ -428,8 +428,10 @@ def scatter_elements(n):
   hot = hot.pad(pad) if any(p != (0, 0) for p in pad) else hot
   vals = upd.unsqueeze(axis + 1).pad(pad) if any(p != (0, 0) for p in pad) else upd.unsqueeze(axis + 1)
   hot_any = hot.cast(np.int32).sum(axis).cast(np.bool_)
-  if red == "none": new = select_sum(hot.transpose(axis, -1), vals.expand_to(hot.shape).transpose(axis, -1))
-  elif red == "add": return x + select_sum(hot.transpose(axis, -1), vals.expand_to(hot.shape).transpose(axis, -1))
+  to_last = [a for a in range(x.ndim + 1) if a != axis] + [axis]   # the summed (update) axis goes last
+  summed = select_sum(hot.permute(to_last), vals.expand_to(hot.shape).permute(to_last)) if red in ("none", "add") else None
+  if red == "none": new = summed
+  elif red == "add": return x + summed
   elif red == "mul": return x * hot.where(vals, Tensor.full((), 1, x.dtype)).prod(axis).cast(x.dtype)
   else:
     lo = -math.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
@@ -568,7 +570,8 @@ def depth_to_space(n):
 def space_to_depth(n):
   x, b = n.tensor(0), n.get("blocksize")
   N, C, H, W = x.shape
-  return x.reshape(N, C, H // b, b, W // b, b).permute(0, 3, 5, 1, 2, 4).reshape(N, C * b * b, H // b, W // b)
+  order = (0, 1, 3, 5, 2, 4) if n.get("mode", "DCR") == "CRD" else (0, 3, 5, 1, 2, 4)
+  return x.reshape(N, C, H // b, b, W // b, b).permute(order).reshape(N, C * b * b, H // b, W // b)
 
 
 @op("CenterCropPad")
@@ -627,7 +630,8 @@ def reduce_op(n):
   out_shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
   if not keep: out_shape = tuple(s for i, s in enumerate(x.shape) if i not in axes)
   if any(x.shape[a] == 0 for a in axes):
-    if x.dtype.kind != "f" and not math.isfinite(empty):
+    if x.dtype.kind == "b": empty = empty > 0
+    elif x.dtype.kind != "f" and not math.isfinite(empty):
       empty = np.iinfo(x.dtype).min if empty < 0 else np.iinfo(x.dtype).max
     return np.full(out_shape, empty, x.dtype)
   if numpy_fn is not None and not is_tensor(x): return np.asarray(numpy_fn(x, axis=axes, keepdims=bool(keep))).astype(x.dtype)
@@ -738,8 +742,9 @@ def conv_transpose(n):
     out_shape = list(out_shape)[-nd:] if out_shape is not None else [s * st for s, st in zip(x.shape[2:], strides)]
     total = [st * (s - 1) + op_ + (k - 1) * d + 1 - o
              for s, st, op_, k, d, o in zip(x.shape[2:], strides, out_pad, kernel, dilations, out_shape)]
-    upper = auto != "SAME_LOWER"
-    pads = [t // 2 if upper else t - t // 2 for t in total] + [t - t // 2 if upper else t // 2 for t in total]
+    half = [int(t / 2) for t in total]   # C division: a negative total (output larger than the full result) grows the end
+    begin = half if auto != "SAME_LOWER" else [t - h for t, h in zip(total, half)]
+    pads = begin + [t - b for t, b in zip(total, begin)]
   elif auto == "VALID": pads = [0] * 2 * nd
   return x.conv_transpose2d(w, n.tensor(2), strides, pads, out_pad, dilations, n.get("group", 1))
 
