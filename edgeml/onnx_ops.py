@@ -1110,3 +1110,78 @@ def _window(n, a0, a1=0.0, a2=0.0):
 OPS["HannWindow"] = lambda n: _window(n, 0.5, 0.5)
 OPS["HammingWindow"] = lambda n: _window(n, 25 / 46, 1 - 25 / 46)
 OPS["BlackmanWindow"] = lambda n: _window(n, 0.42, 0.5, 0.08)
+
+
+# ---------------------------------------------------------------- attention
+def _heads(x: Tensor, heads) -> Tensor:
+  """(B, S, H*d) -> (B, H, S, d); 4-d inputs are already split into heads."""
+  return x if x.ndim == 4 else x.reshape(x.shape[0], x.shape[1], heads, -1).permute(0, 2, 1, 3)
+
+
+@op("Attention")
+def attention(n):
+  q, k, v = n.tensor(0), n.tensor(1), n.tensor(2)
+  rank3 = q.ndim == 3
+  q, k, v = _heads(q, n.get("q_num_heads")), _heads(k, n.get("kv_num_heads")), _heads(v, n.get("kv_num_heads"))
+  past = n.tensor(4) is not None
+  if past: k, v = n.tensor(4).cat(k, axis=2), n.tensor(5).cat(v, axis=2)
+  present_k, present_v = k, v
+  sq, skv = q.shape[2], k.shape[2]
+  # the additive bias: causal / sliding-window limits (static), the mask input, the per-batch key lengths
+  seqlen = n.static(6) if n.has(6) else None
+  offset = np.array(n.inputs[4].shape[2] if past else 0).reshape(1)
+  if seqlen is not None and not past: offset = seqlen.reshape(-1) - sq
+  i, j = np.arange(sq)[None, :, None], np.arange(skv)[None, None, :]
+  allowed = np.ones((offset.size, sq, skv), bool)
+  left, right = n.get("left_window_size", -1), n.get("right_window_size", -1)
+  if n.get("is_causal", 0): allowed &= j <= i + offset[:, None, None]
+  if left >= 0: allowed &= j >= i + offset[:, None, None] - left
+  if right >= 0: allowed &= j <= i + offset[:, None, None] + right
+  if seqlen is not None: allowed &= np.arange(skv)[None, None, :] < seqlen.reshape(-1, 1, 1)
+  bias_np = np.where(allowed, 0.0, -np.inf).astype(np.float32)[:, None]   # (B or 1, 1, Sq, Skv)
+  bias = Tensor(bias_np)
+  if n.has(3):
+    mask = n.tensor(3)
+    if mask.shape[-1] < skv: mask = mask.pad([(0, 0)] * (mask.ndim - 1) + [(0, skv - mask.shape[-1])], value=False if mask.dtype.kind == "b" else -math.inf)
+    bias = bias + (mask.where(0.0, -math.inf) if mask.dtype.kind == "b" else mask.float())
+  heads, kv_heads = q.shape[1], k.shape[1]
+  if heads != kv_heads:   # grouped-query attention: each kv head serves heads // kv_heads query heads
+    g = heads // kv_heads
+    k, v = (t.unsqueeze(2).expand(t.shape[0], kv_heads, g, *t.shape[2:]).reshape(t.shape[0], heads, *t.shape[2:]) for t in (k, v))
+  scale = n.get("scale", 1 / math.sqrt(q.shape[3]))
+  scores = (q.float() * scale) @ k.float().transpose(-1, -2)
+  if n.get("softcap", 0.0): scores = (scores / n.get("softcap")).tanh() * n.get("softcap")
+  mode = n.get("qk_matmul_output_mode", 0)
+  biased = scores + bias
+  probs = biased.softmax(-1)
+  probs = bias.max(-1, keepdim=True).eq(-math.inf).where(0.0, probs)
+  qk = {0: scores, 1: biased if not n.get("softcap", 0.0) else scores, 2: scores, 3: probs}[mode]
+  y = probs.cast(q.dtype).float() @ v.float()
+  if rank3: y = y.permute(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
+  return [y.cast(q.dtype), present_k, present_v, qk.cast(q.dtype)][:max(n.n_out, 1)]
+
+
+def _last(x: Tensor, lo: int, hi: int) -> Tensor: return x[(slice(None),) * (x.ndim - 1) + (slice(lo, hi),)]
+
+
+@op("RotaryEmbedding")
+def rotary(n):
+  x, cos, sin = n.tensor(0), n.tensor(1), n.tensor(2)
+  rank3 = x.ndim == 3
+  if rank3: x = x.reshape(x.shape[0], x.shape[1], n.get("num_heads"), -1).permute(0, 2, 1, 3)
+  if n.has(3):   # position ids pick rows of the caches
+    pos = n.tensor(3)
+    cos, sin = take(cos, pos, 0), take(sin, pos, 0)
+  d = n.get("rotary_embedding_dim", 0) or x.shape[-1]
+  rot, keep = _last(x, 0, d), _last(x, d, x.shape[-1])
+  cos, sin = _last(cos, 0, d // 2).unsqueeze(1), _last(sin, 0, d // 2).unsqueeze(1)   # (B, 1, S, d/2)
+  if n.get("interleaved", 0):
+    pairs = rot.reshape(*rot.shape[:-1], d // 2, 2)
+    a, b = pairs[(slice(None),) * (pairs.ndim - 1) + (0,)], pairs[(slice(None),) * (pairs.ndim - 1) + (1,)]
+    out = Tensor.stack([a * cos - b * sin, b * cos + a * sin], -1).reshape(rot.shape)
+  else:
+    a, b = _last(rot, 0, d // 2), _last(rot, d // 2, d)
+    out = (a * cos - b * sin).cat(b * cos + a * sin, axis=-1)
+  y = out.cat(keep, axis=-1) if keep.shape[-1] else out
+  if rank3: y = y.permute(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
+  return y.cast(n.inputs[0].dtype)
