@@ -5,6 +5,7 @@ rendered once per scope), movement ops turn into index expressions, padding into
 reduce into a loop whose body is rendered in its own scope.
 """
 from __future__ import annotations
+import functools
 import itertools
 import math
 import numpy as np
@@ -186,13 +187,14 @@ def render_conditions(conds: tuple) -> str:
 
 def view_index(n: Node, idx: tuple) -> tuple:
   """Index into the VIEW's source for index `idx` of the view."""
-  strides, offset = n.arg
+  return _view_index(n.src[0].shape, *n.arg, idx)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _view_index(src_shape: tuple, strides: tuple, offset: int, idx: tuple) -> tuple:
   linear = Lin.of(offset)
   for i, st in zip(idx, strides): linear = linear + i * st
-  out = []
-  for size, st in zip(n.src[0].shape, contiguous_strides(n.src[0].shape)):
-    out.append(Lin() if size == 1 else (linear // st) % size)
-  return tuple(out)
+  return tuple(Lin() if size == 1 else (linear // st) % size for size, st in zip(src_shape, contiguous_strides(src_shape)))
 
 
 def kernel_name(item: ScheduleItem) -> str:
@@ -204,12 +206,16 @@ def kernel_name(item: ScheduleItem) -> str:
 
 def tile_candidates(item: ScheduleItem) -> list[dict[int, int]]:
   """Ways to give each work item several neighbouring outputs ({output axis: tile}) when the kernel has a fused
-  reduce: the last axis by 8 or 4, optionally times the first other axis by 4 that divides."""
+  reduce: one or two axes, each tiled by its largest divisor among 8, 4, 5, 3, 2 (or by 4 where 8 divides);
+  at most 32 outputs; smallest first."""
   if not any(n.op in REDUCE for n in _kernel_nodes(item)): return [{}]
   shape = item.out.shape
-  last = [{len(shape) - 1: t} for t in (8, 4) if shape and shape[-1] % t == 0][:1] or [{}]
-  other = [a for a, s in enumerate(shape[:-1]) if s % 4 == 0][:1]
-  options = last + [{**last[0], a: 4} for a in other]   # smallest first: a tie keeps fewer registers
+  singles = []
+  for a, s in enumerate(shape):
+    divisors = [t for t in (8, 4, 5, 3, 2) if s % t == 0 and s > 1]
+    singles += [{a: t} for t in divisors[:2 if divisors[:1] == [8] else 1]]
+  pairs = [{**x, **y} for i, x in enumerate(singles) for y in singles[i + 1:] if x.keys() != y.keys()]
+  options = [{}] + sorted(singles + [p for p in pairs if math.prod(p.values()) <= 32], key=lambda o: math.prod(o.values()))
   return [o for o in options if item.out.size // math.prod(o.values(), start=1) >= 8] or [{}]
 
 

@@ -2,15 +2,17 @@
 
 Fusion rules:
 - elementwise ops and movement ops fuse into whatever kernel reads them (recomputed, never copied);
-- a reduce and the chain of single-consumer elementwise ops and element-preserving views (reshape, permute, flip)
-  above it form one kernel whose output is the top of that chain (`_realize_points`);
+- a reduce and the elementwise ops and reshapes above it, up to the last node where all their paths meet, form one
+  kernel whose output is that node (`_realize_points`): bias, activation, x * sigmoid(x) all fuse;
 - one reduce per kernel: a second one met while building a kernel gets its own buffer;
+- costly elementwise math that a reduce reads through a broadcast or overlapping windows (so it would be redone for
+  every read) gets its own buffer;
 - everything else a kernel reads (device buffers, outputs, chain tops, CONTIGUOUS) is a load.
 """
 from __future__ import annotations
 from dataclasses import dataclass, field
 from edgeml.ops import Op, REDUCE, ELEMENTWISE
-from edgeml.lazy import Node
+from edgeml.lazy import Node, contiguous_strides
 
 
 @dataclass
@@ -32,6 +34,33 @@ def is_permutation(node: Node) -> bool:
   return offset == sum((n - 1) * -st for n, st in zip(node.shape, strides) if st < 0)
 
 
+def is_injective(node: Node) -> bool:
+  """True when no two elements of a VIEW read the same source element (no broadcast, no overlapping windows)."""
+  dims = sorted((abs(st), n) for n, st in zip(node.shape, node.arg[0]) if n != 1)
+  span = 0
+  for st, n in dims:
+    if st <= span: return False
+    span += (n - 1) * st
+  return True
+
+
+COSTLY = {Op.EXP, Op.LOG, Op.SIN, Op.SQRT, Op.POW, Op.DIV}
+
+
+def _expensive(n: Node, points: set, budget: int = 8) -> bool:
+  """Whether computing `n` (down to buffers) takes a transcendental or more than `budget` elementwise ops."""
+  stack, seen, count = [n], set(), 0
+  while stack:
+    m = stack.pop()
+    if id(m) in seen or m.op is Op.BUFFER or (m is not n and id(m) in points): continue
+    seen.add(id(m))
+    if m.op in COSTLY: return True
+    count += m.op in ELEMENTWISE
+    if count > budget: return True
+    if m.op not in REDUCE: stack.extend(m.src)
+  return False
+
+
 def _parents(outputs) -> dict:
   """id(node) -> the distinct unrealized nodes that read it."""
   parents, seen, stack = {}, set(), list(outputs)
@@ -47,7 +76,31 @@ def _parents(outputs) -> dict:
 
 
 def _fuses_upward(n: Node) -> bool:
-  return n.op in ELEMENTWISE or is_permutation(n)
+  """Ops a reduce's kernel takes on above it: elementwise ops and reshapes (which keep the stored layout)."""
+  return n.op in ELEMENTWISE or (n.op is Op.VIEW and n.size == n.src[0].size and
+                                 n.arg == (contiguous_strides(n.shape), 0))
+
+
+def _merge_above(n: Node, parents: dict, points: set, limit: int = 24) -> Node | None:
+  """The node where every path up from `n` meets again, when all nodes on the way are elementwise ops or reshapes:
+  a single parent, or the end of a diamond such as x * sigmoid(x). None when there is no such node."""
+  region, frontier = {id(n)}, list(parents.get(id(n), []))
+  while frontier and len(region) < limit:
+    if not all(_fuses_upward(f) for f in frontier): return None
+    if len({id(f) for f in frontier}) == 1 and all(id(s) in region or not _reaches(s, region) for s in frontier[0].src):
+      return frontier[0]
+    ready = [f for f in frontier if all(id(s) in region or not _reaches(s, region) for s in f.src)]
+    if not ready or id(ready[0]) in points: return None
+    f = ready[0]
+    region.add(id(f))
+    frontier = [g for g in frontier if g is not f] + [p for p in parents.get(id(f), []) if id(p) not in region]
+  return None
+
+
+def _reaches(n: Node, region: set, depth: int = 12) -> bool:
+  """Whether `n` reads (through up to `depth` unrealized nodes) any node in `region`."""
+  if id(n) in region: return True
+  return depth > 0 and n.op is not Op.BUFFER and any(_reaches(s, region, depth - 1) for s in n.src)
 
 
 def _realize_points(outputs, parents) -> set:
@@ -62,7 +115,7 @@ def _realize_points(outputs, parents) -> set:
     if n.op is Op.CONTIGUOUS: points.add(id(n))
     if n.op in REDUCE:
       top = n
-      while id(top) not in points and len(ps := parents.get(id(top), [])) == 1 and _fuses_upward(ps[0]): top = ps[0]
+      while id(top) not in points and (above := _merge_above(top, parents, points)) is not None: top = above
       points.add(id(top))
   return points
 
@@ -77,19 +130,20 @@ def schedule(outputs: list[Node]) -> list[ScheduleItem]:
     scheduled.add(id(root))
     loads, fused, seen = [], [], set()
 
-    def explore(n: Node, in_reduce: bool):
-      if (id(n), in_reduce) in seen: return
-      seen.add((id(n), in_reduce))
+    def explore(n: Node, in_reduce: bool, reread: bool = False):
+      if (id(n), in_reduce, reread) in seen: return
+      seen.add((id(n), in_reduce, reread))
       if n is not root and (n.op is Op.BUFFER or id(n) in points):
         if n not in loads: loads.append(n)
         return
-      if n.op in REDUCE:
-        if in_reduce or (fused and fused[0] is not n):   # a second reduce in one kernel: give it a buffer
-          points.add(id(n))
+      if n.op in REDUCE or (reread and n.op in ELEMENTWISE and _expensive(n, points)):
+        if n.op in ELEMENTWISE or in_reduce or (fused and fused[0] is not n):
+          points.add(id(n))      # a second reduce, or costly math a reduce would redo per read: its own buffer
           loads.append(n)
           return
         fused[:] = [n]
-      for s in n.src: explore(s, in_reduce or n.op in REDUCE)
+      for s in n.src:
+        explore(s, in_reduce or n.op in REDUCE, reread or (in_reduce and n.op is Op.VIEW and not is_injective(n)))
 
     explore(root.src[0] if root.op is Op.CONTIGUOUS else root, False)
     for n in loads: visit(n)

@@ -16,6 +16,8 @@ class Var:
 
   def bounds(self): return self.lo, self.hi
   def render(self): return self.name
+  @property
+  def key(self): return (0, self.name)
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class FloorDiv:
   def bounds(self):
     lo, hi = self.num.bounds()
     return lo // self.den, hi // self.den
+
+  @property
+  def key(self): return (1, self.num.key, self.den)
 
   def render(self):
     n = self.num.render()
@@ -40,17 +45,27 @@ class Mod:
 
   def bounds(self): return 0, self.den - 1
 
+  @property
+  def key(self): return (2, self.num.key, self.den)
+
   def render(self):
     n = self.num.render()
     if self.num.bounds()[0] >= 0: return f"(({n})%{self.den})"
     return f"floormod_i(({n}),{self.den})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Lin:
   """sum(coef * atom) + const, terms kept sorted so equal expressions compare equal."""
   terms: tuple = ()
   const: int = 0
+
+  def __post_init__(self):   # computed once: expressions are immutable and compared and bounded often
+    object.__setattr__(self, "key", (tuple((a.key, c) for a, c in self.terms), self.const))
+    object.__setattr__(self, "_bounds", self._compute_bounds())
+
+  def __hash__(self): return hash(self.key)
+  def __eq__(self, other): return isinstance(other, Lin) and self.key == other.key
 
   @staticmethod
   def of(x) -> Lin:
@@ -60,9 +75,11 @@ class Lin:
 
   @staticmethod
   def _make(coefs: dict, const: int) -> Lin:
-    return Lin(tuple(sorted(((a, c) for a, c in coefs.items() if c != 0), key=lambda t: t[0].render())), const)
+    return Lin(tuple(sorted(((a, c) for a, c in coefs.items() if c != 0), key=lambda t: t[0].key)), const)
 
-  def bounds(self):
+  def bounds(self): return self._bounds
+
+  def _compute_bounds(self):
     lo = hi = self.const
     for atom, c in self.terms:
       a_lo, a_hi = atom.bounds()

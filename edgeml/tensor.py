@@ -414,6 +414,10 @@ class Tensor:
     if op is Op.SUM and x.dtype.kind == "b": x = x.cast(INT32)
     if any(self.shape[a] == 0 for a in axes):
       out = Tensor.full(shape, 0 if op is Op.SUM else -math.inf, x.dtype)
+    elif len(axes) > 1 and math.prod(shape) < 1024 and math.prod(self.shape[a] for a in axes[:-1]) >= 16:
+      # few outputs, long reduction: fold the last axis first, so the first kernel has enough parallel work
+      return x._reduce(op, axes[-1], True)._reduce(op, axes[:-1], True).reshape(shape if keepdim else
+                                                                              [s for i, s in enumerate(shape) if i not in axes])
     else:
       out = Tensor(Node(op, (x.node,), axes, shape, x.dtype)) if axes else x
     return out if keepdim else out.reshape([s for i, s in enumerate(shape) if i not in axes])
