@@ -1078,24 +1078,66 @@ def recurrent(n):
 
 
 # ---------------------------------------------------------------- quantization
+def _qparam(n, x: Tensor, p: Tensor) -> Tensor:
+  """A scale or zero point broadcast to x: scalar, per-axis (1-d along `axis`) or blocked (`block_size` along `axis`)."""
+  if p.ndim == 0 or p.size == 1: return p.reshape(())
+  axis = axis_of(n.get("axis", 1), x.ndim)
+  if p.ndim == 1: return p.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+  block = n.get("block_size", 0)
+  grown = p.unsqueeze(axis + 1).expand(*p.shape[:axis + 1], block, *p.shape[axis + 1:])
+  grown = grown.reshape(*p.shape[:axis], p.shape[axis] * block, *p.shape[axis + 1:])
+  return grown.shrink([(0, s) for s in x.shape])
+
+
+def dequantize_tensor(n, x, scale, zp) -> Tensor:
+  zp = _qparam(n, x, zp).float() if zp is not None else 0.0
+  return (x.float() - zp) * _qparam(n, x, scale).float()
+
+
+def quantize_tensor(n, x, scale, zp, dtype) -> Tensor:
+  info = np.iinfo(dtype)
+  zp = _qparam(n, x, zp).float() if zp is not None else 0.0
+  return ((x.float() / _qparam(n, x, scale).float()).round() + zp).clip(float(info.min), float(info.max)).cast(dtype)
+
+
 @op("DequantizeLinear")
 def dequantize(n):
-  x, scale = n.tensor(0), n.tensor(1)
-  axis = axis_of(n.get("axis", 1), x.ndim) if scale.ndim == 1 and scale.shape[0] != 1 else None
-  shape = [x.shape[a] if a == axis else 1 for a in range(x.ndim)] if axis is not None else scale.shape
-  zp = n.tensor(2).cast(np.float32).reshape(shape) if n.has(2) else 0.0
-  return ((x.cast(np.float32) - zp) * scale.reshape(shape).float()).cast(scale.dtype)
+  return dequantize_tensor(n, n.tensor(0), n.tensor(1), n.tensor(2)).cast(n.inputs[1].dtype)
 
 
 @op("QuantizeLinear")
 def quantize(n):
-  x, scale = n.tensor(0), n.tensor(1)
-  axis = axis_of(n.get("axis", 1), x.ndim) if scale.ndim == 1 and scale.shape[0] != 1 else None
-  shape = [x.shape[a] if a == axis else 1 for a in range(x.ndim)] if axis is not None else scale.shape
-  dtype = n.inputs[2].dtype if n.has(2) else onnx_dtype(n.get("output_dtype", onnx.TensorProto.UINT8) or onnx.TensorProto.UINT8)
-  zp = n.tensor(2).cast(np.float32).reshape(shape) if n.has(2) else 0.0
-  info = np.iinfo(dtype)
-  return ((x.float() / scale.reshape(shape).float()).round() + zp).clip(float(info.min), float(info.max)).cast(dtype)
+  dtype = n.inputs[2].dtype if n.has(2) else onnx_dtype(n.get("output_dtype", 0) or onnx.TensorProto.UINT8)
+  return quantize_tensor(n, n.tensor(0), n.tensor(1), n.tensor(2), dtype)
+
+
+@op("DynamicQuantizeLinear")
+def dynamic_quantize(n):
+  x = n.tensor(0)
+  lo, hi = x.min().minimum(0.0), x.max().maximum(0.0)
+  scale = (hi - lo) / 255
+  zp = (-lo / scale).round().clip(0.0, 255.0).cast(np.uint8)
+  return [quantize_tensor(n, x, scale, zp, np.uint8), scale, zp]
+
+
+@op("QLinearMatMul")
+def qlinear_matmul(n):
+  a = dequantize_tensor(n, n.tensor(0), n.tensor(1), n.tensor(2))
+  b = dequantize_tensor(n, n.tensor(3), n.tensor(4), n.tensor(5))
+  return quantize_tensor(n, a @ b, n.tensor(6), n.tensor(7), n.inputs[7].dtype)
+
+
+@op("CumProd")
+def cumprod(n):
+  x = n.tensor(0)
+  axis = axis_of(int(n.static(1).item()), x.ndim)
+  size = x.shape[axis]
+  i, j = np.arange(size)[:, None], np.arange(size)[None, :]
+  take_j = j > i if n.get("exclusive", 0) else j >= i
+  take_j = take_j if n.get("reverse", 0) else (j < i if n.get("exclusive", 0) else j <= i)
+  moved = x.transpose(axis, -1)
+  rows = Tensor(take_j).where(moved.unsqueeze(-2), Tensor.full((), 1, x.dtype))   # (..., i, j)
+  return rows.prod(-1).transpose(axis, -1).cast(x.dtype)
 
 
 # ---------------------------------------------------------------- windows (shape-only, folded)
@@ -1155,7 +1197,7 @@ def attention(n):
   biased = scores + bias
   probs = biased.softmax(-1)
   probs = bias.max(-1, keepdim=True).eq(-math.inf).where(0.0, probs)
-  qk = {0: scores, 1: biased if not n.get("softcap", 0.0) else scores, 2: scores, 3: probs}[mode]
+  qk = {0: scores, 1: scores, 2: biased, 3: probs}[mode]   # 1: after softcap, 2: after the bias, 3: after softmax
   y = probs.cast(q.dtype).float() @ v.float()
   if rank3: y = y.permute(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
   return [y.cast(q.dtype), present_k, present_v, qk.cast(q.dtype)][:max(n.n_out, 1)]

@@ -51,12 +51,13 @@ def run_case(case) -> tuple[str, str]:
   """('pass' | 'fail' | 'skip', detail)."""
   reason = skip_reason(case)
   if reason: return "skip", reason
-  from onnx import numpy_helper
+  from onnx import TensorProto, numpy_helper
   from edgeml.onnx import OnnxModel
   from edgeml.tensor import Tensor
   try:
     for inputs, expected in case.data_sets:
-      inputs, expected = ([x if isinstance(x, np.ndarray) else numpy_helper.to_array(x) for x in xs] for xs in (inputs, expected))
+      inputs, expected = ([numpy_helper.to_array(x) if isinstance(x, TensorProto) else np.asarray(x) for x in xs]
+                          for xs in (inputs, expected))
       names = [v.name for v in case.model.graph.input if v.name not in {t.name for t in case.model.graph.initializer}]
       model = OnnxModel(case.model, shapes={name: np.shape(x) for name, x in zip(names, inputs)})
       outs = model({name: Tensor(np.require(x, requirements="C")) for name, x in zip(names, inputs)})
