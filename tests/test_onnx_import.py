@@ -9,8 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeml.onnx import OnnxModel
 from edgeml.tensor import Tensor
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.exists(): SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+SHARED = Path(__file__).resolve().parents[2] / "shared"   # ../shared beside the repository
 
 
 @pytest.mark.parametrize("name", ["mini_drive", "tiny_detector"])
