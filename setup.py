@@ -7,8 +7,8 @@ setup(
     description="Ahead-of-time OpenCL compiler and lean on-device runtime for robot and car models",
     python_requires=">=3.11",
     packages=find_packages(include=["edgeml*", "compiled*", "ipc*", "tools*"]),
-    package_data={"ipc": ["*.capnp"]},
-    install_requires=["numpy", "pyopencl"],
+    package_data={"ipc": ["*.capnp"], "compiled": ["*.capnp"]},
+    install_requires=["numpy", "pyopencl", "pycapnp"],
     extras_require={
         "bus": ["pyzmq", "pycapnp"],
         "compile": ["onnx"],
@@ -16,6 +16,10 @@ setup(
         "bench": ["onnxruntime", "tinygrad"],
     },
     entry_points={"console_scripts": [
+        "edgeml-compile=tools.compile:main",
+        "edgeml-validate=tools.validate:main",
+        "edgeml-inspect=tools.inspect:main",
+        "edgeml-bench=tools.bench:main",
         "edgeml-bus=tools.bus:main",
     ]},
 )

@@ -192,8 +192,7 @@ def view_index(n: Node, idx: tuple) -> tuple:
 
 @functools.lru_cache(maxsize=1 << 18)
 def _view_index(src_shape: tuple, strides: tuple, offset: int, idx: tuple) -> tuple:
-  linear = Lin.of(offset)
-  for i, st in zip(idx, strides): linear = linear + i * st
+  linear = Lin.combine(zip(idx, strides), offset)
   return tuple(Lin() if size == 1 else (linear // st) % size for size, st in zip(src_shape, contiguous_strides(src_shape)))
 
 

@@ -1,5 +1,6 @@
 """The memory plan: every intermediate buffer gets an offset in one shared arena, reusing bytes whose contents are
-dead. Buffers are placed largest first, each at the lowest aligned offset free for its whole lifetime."""
+dead. Buffers are placed one by one at the lowest aligned offset free for their whole lifetime; a few placement
+orders are tried and the smallest arena wins."""
 from dataclasses import dataclass
 
 
@@ -14,11 +15,24 @@ def align_up(n: int, align: int) -> int:
   return -(-n // align) * align
 
 
+ORDERS = (
+  lambda iv: (-iv.nbytes, iv.first),                        # largest first
+  lambda iv: (iv.first, -iv.nbytes),                        # in execution order
+  lambda iv: (-(iv.last - iv.first), -iv.nbytes),           # longest-lived first
+  lambda iv: (-iv.nbytes * (iv.last - iv.first + 1), iv.first),
+)
+
+
 def plan_arena(intervals: list[Interval], align: int) -> tuple[list[int], int]:
-  """(offset per interval, arena size)."""
-  offsets: list[int | None] = [None] * len(intervals)
+  """(offset per interval, arena size): the smallest of a few greedy placement orders."""
+  return min((_place(intervals, align, order) for order in ORDERS), key=lambda plan: plan[1])
+
+
+def _place(intervals: list[Interval], align: int, order) -> tuple[list[int], int]:
+  """Each buffer, in `order`, at the lowest aligned offset free during its whole lifetime."""
+  offsets: list[int] = [0] * len(intervals)
   placed: list[int] = []
-  for i in sorted(range(len(intervals)), key=lambda i: (-intervals[i].nbytes, i)):
+  for i in sorted(range(len(intervals)), key=lambda i: (order(intervals[i]), i)):
     me, size = intervals[i], align_up(intervals[i].nbytes, align)
     busy = sorted((offsets[j], offsets[j] + align_up(intervals[j].nbytes, align)) for j in placed
                   if intervals[j].first <= me.last and me.first <= intervals[j].last)

@@ -5,6 +5,7 @@ Dividing or taking the modulo by a constant pulls out the terms that are exact m
 prove to be zero, so the index math of reshapes, permutes and sliding windows comes out as plain strides.
 """
 from __future__ import annotations
+import functools
 from dataclasses import dataclass
 
 
@@ -60,9 +61,9 @@ class Lin:
   terms: tuple = ()
   const: int = 0
 
-  def __post_init__(self):   # computed once: expressions are immutable and compared and bounded often
-    object.__setattr__(self, "key", (tuple((a.key, c) for a, c in self.terms), self.const))
-    object.__setattr__(self, "_bounds", self._compute_bounds())
+  @functools.cached_property
+  def key(self) -> tuple:   # expressions are immutable, hashed and compared often: computed once, when first needed
+    return (tuple((a.key, c) for a, c in self.terms), self.const)
 
   def __hash__(self): return hash(self.key)
   def __eq__(self, other): return isinstance(other, Lin) and self.key == other.key
@@ -74,12 +75,22 @@ class Lin:
     return Lin(((x, 1),), 0)
 
   @staticmethod
+  def combine(parts, const: int = 0) -> Lin:
+    """sum(k * expr for expr, k in parts) + const in one step."""
+    coefs = {}
+    for expr, k in parts:
+      for a, c in expr.terms: coefs[a] = coefs.get(a, 0) + c * k
+      const += expr.const * k
+    return Lin._make(coefs, const)
+
+  @staticmethod
   def _make(coefs: dict, const: int) -> Lin:
     return Lin(tuple(sorted(((a, c) for a, c in coefs.items() if c != 0), key=lambda t: t[0].key)), const)
 
   def bounds(self): return self._bounds
 
-  def _compute_bounds(self):
+  @functools.cached_property
+  def _bounds(self):
     lo = hi = self.const
     for atom, c in self.terms:
       a_lo, a_hi = atom.bounds()

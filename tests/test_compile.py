@@ -1,0 +1,121 @@
+"""Ahead-of-time compile: graphs and ONNX models to artifacts, run by the lean runtime, checked against numpy and the
+onnxruntime references in ../shared/models; the arena plan; constant folding; determinism; clean failures."""
+import os
+from pathlib import Path
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings, strategies as st
+import compiled
+from compiled.artifact import write_artifact
+from edgeml import Tensor
+from edgeml.compile import compile_graph, placeholder
+from edgeml.memplan import Interval, align_up, liveness_lower_bound, plan_arena
+from tools.compile import compile_model, parse_shapes
+
+MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+needs_models = pytest.mark.skipif(not MODELS.is_dir(), reason="../shared/models is not present")
+
+
+def test_graph_compiles_and_runs_without_the_compiler(tmp_path):
+  rng = np.random.default_rng(0)
+  w1, b1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+  w2 = rng.standard_normal((8 * 4 * 4, 5)).astype(np.float32)
+  x = placeholder("image", (1, 3, 8, 8))
+  h = x.conv2d(Tensor(w1), Tensor(b1), padding=1).relu().max_pool2d(2)
+  out = {"logits": h.flatten(1) @ Tensor(w2), "pooled": h}
+  result = compile_graph({"image": x}, out)
+  path = tmp_path / "net.edgeml"
+  write_artifact(result.spec, path)
+  prog = compiled.load(path)
+  image = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+  got = prog.run({"image": image})
+  want = Tensor(image).conv2d(Tensor(w1), Tensor(b1), padding=1).relu().max_pool2d(2)   # eager edgeml, checked below
+  ref_pool = want.numpy()
+  conv = np.zeros((1, 8, 8, 8))
+  xp = np.pad(image, ((0, 0), (0, 0), (1, 1), (1, 1)))
+  for i in range(3):
+    for j in range(3): conv += np.einsum("nchw,oc->nohw", xp[:, :, i:i + 8, j:j + 8], w1[:, :, i, j])
+  numpy_pool = np.maximum(conv + b1.reshape(1, -1, 1, 1), 0).reshape(1, 8, 4, 2, 4, 2).max((3, 5))
+  np.testing.assert_allclose(ref_pool, numpy_pool, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got["pooled"], numpy_pool, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got["logits"], numpy_pool.reshape(1, -1) @ w2, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_only_kernels_are_folded_at_compile_time(tmp_path):
+  w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+  x = placeholder("x", (2, 3))
+  scale = Tensor(w).sum(0, keepdim=True).exp()               # depends on weights only
+  result = compile_graph({"x": x}, {"y": (x @ Tensor(w)) * scale})
+  assert result.folded >= 1
+  assert len(result.spec.kernels) == 1
+  write_artifact(result.spec, tmp_path / "f.edgeml")
+  xv = np.ones((2, 3), np.float32)
+  got = compiled.load(tmp_path / "f.edgeml").run({"x": xv})["y"]
+  np.testing.assert_allclose(got, (xv @ w) * np.exp(w.sum(0, keepdims=True)), rtol=1e-5)
+
+
+def test_input_passed_straight_through_gets_its_own_output_buffer(tmp_path):
+  x = placeholder("x", (4,))
+  result = compile_graph({"x": x}, {"same": x, "double": x * 2})
+  write_artifact(result.spec, tmp_path / "p.edgeml")
+  got = compiled.load(tmp_path / "p.edgeml").run({"x": np.arange(4, dtype=np.float32)})
+  np.testing.assert_array_equal(got["same"], np.arange(4))
+  np.testing.assert_array_equal(got["double"], np.arange(4) * 2)
+
+
+def test_placeholder_cannot_run_eagerly():
+  with pytest.raises(ValueError, match="placeholder"):
+    (placeholder("x", (2,)) + 1).numpy()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 12), st.integers(0, 6)), min_size=1, max_size=25))
+def test_arena_plan_never_overlaps_live_buffers(raw):
+  intervals = [Interval(n, first, first + length) for n, first, length in raw]
+  offsets, size = plan_arena(intervals, 64)
+  assert all(o % 64 == 0 for o in offsets)
+  for i, a in enumerate(intervals):
+    assert offsets[i] + a.nbytes <= size
+    for j, b in enumerate(intervals[:i]):
+      if a.first <= b.last and b.first <= a.last:
+        assert offsets[i] + align_up(a.nbytes, 64) <= offsets[j] or offsets[j] + align_up(b.nbytes, 64) <= offsets[i]
+  assert size >= liveness_lower_bound(intervals, 64)
+
+
+@needs_models
+@pytest.mark.parametrize("name", ["tiny_detector", "mini_drive"])
+def test_shared_models_compile_load_and_match_onnxruntime(name, tmp_path):
+  path = tmp_path / f"{name}.edgeml"
+  result = compile_model(str(MODELS / f"{name}.onnx"), str(path), log=lambda *_: None)
+  assert result.planned <= 1.1 * result.lower_bound, (result.planned, result.lower_bound)
+  assert result.planned < result.unplanned
+  prog = compiled.load(path)
+  with np.load(MODELS / f"{name}.npz") as ref:
+    got = prog.run({s.name: ref[s.name] for s in prog.inputs})
+    for s in prog.outputs:
+      np.testing.assert_allclose(got[s.name], ref[s.name], rtol=1e-3, atol=1e-4, err_msg=s.name)
+
+
+@needs_models
+def test_same_model_gives_byte_identical_artifacts(tmp_path):
+  a, b = tmp_path / "a.edgeml", tmp_path / "b.edgeml"
+  for p in (a, b): compile_model(str(MODELS / "tiny_detector.onnx"), str(p), log=lambda *_: None)
+  assert a.read_bytes() == b.read_bytes()
+
+
+def test_failed_compile_leaves_nothing(tmp_path):
+  node = onnx.helper.make_node("NoSuchOp", ["x"], ["y"])
+  graph = onnx.helper.make_graph([node], "bad", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                                 [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+  model_path = tmp_path / "bad.onnx"
+  onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), model_path)
+  with pytest.raises((NotImplementedError, ValueError), match="NoSuchOp"):
+    compile_model(str(model_path), str(tmp_path / "bad.edgeml"), log=lambda *_: None)
+  assert sorted(os.listdir(tmp_path)) == ["bad.onnx"]
+
+
+def test_shape_flags_are_parsed_or_rejected_clearly():
+  assert parse_shapes(["input=1x3x224x224", "b=7"]) == {"input": (1, 3, 224, 224), "b": (7,)}
+  with pytest.raises(SystemExit, match="NAME=D0xD1"):
+    parse_shapes(["input:1x3"])
