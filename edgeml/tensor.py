@@ -316,10 +316,8 @@ class Tensor:
     if sum(i is Ellipsis for i in index) > 1: raise IndexError("only one Ellipsis allowed")
     used = sum(1 for i in index if i is not None and i is not Ellipsis)
     if used > self.ndim: raise IndexError(f"too many indices ({used}) for tensor of shape {self.shape}")
-    if Ellipsis in index:
-      at = index.index(Ellipsis)
-      index = index[:at] + (slice(None),) * (self.ndim - used) + index[at + 1:]
-    index = index + (slice(None),) * (self.ndim - used)
+    fill = (slice(None),) * (self.ndim - used)
+    index = index[:index.index(Ellipsis)] + fill + index[index.index(Ellipsis) + 1:] if Ellipsis in index else index + fill
     shape, strides, offset, axis = [], [], 0, 0
     base = contiguous_strides(self.shape)
     for i in index:

@@ -216,6 +216,8 @@ def test_slicing_with_steps(shape, data):
   check(Tensor(a)[index], want)
   check(Tensor(a)[0], a[0])
   check(Tensor(a)[..., None, -1], a[..., None, -1])
+  check(Tensor(a)[..., :1], a[..., :1])
+  check(Tensor(a)[0, ...], a[0, ...])
 
 
 @SETTINGS
