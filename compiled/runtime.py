@@ -100,6 +100,18 @@ class Program:
     """The host array `execute` copies the device output `name` into."""
     return self._lookup(self._host_outputs, name, "output")
 
+  def device_buffer(self, name: str) -> cl.Buffer:
+    """The device buffer of input or output `name`, for the caller's own kernels and copies on the same queue."""
+    t = self._lookup({t.name: t for t in (*self.inputs, *self.outputs)}, name, "input or output")
+    return self._buffers[t.buffer]
+
+  def feed_on_device(self, name: str) -> None:
+    """From now on execute() leaves input `name` alone: the caller fills its device_buffer (a warp kernel, a copy of
+    a recurrent output) before each execute, in the same queue."""
+    self._lookup(self._host_inputs, name, "input")
+    buf = self.device_buffer(name)
+    self._uploads = [(b, host) for b, host in self._uploads if b is not buf]
+
   def execute(self) -> None:
     """One frame on the preallocated buffers: inputs in, every kernel, outputs out, one finish. Allocates no arrays."""
     queue = self.device.queue
@@ -136,6 +148,10 @@ class Program:
   def last_gpu_time(self) -> float:
     """Seconds the kernels of the last execute spent on the device (profiling events; transfers not counted)."""
     return sum(e.profile.end - e.profile.start for e in self._events) * 1e-9
+
+  def last_kernel_times(self) -> list[tuple[KernelSpec, int, int]]:
+    """(kernel, start ns, end ns) of every kernel of the last execute, in launch order (device clock)."""
+    return [(k, e.profile.start, e.profile.end) for k, e in zip(self.kernels, self._events)]
 
   def profile(self, n: int = 10) -> list[tuple[str, tuple[int, ...], float]]:
     """(kernel name, global size, median seconds over `n` executes) for every kernel, in launch order."""
