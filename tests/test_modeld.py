@@ -1,0 +1,208 @@
+"""camerad -> modeld -> subscriber as real processes on a private bus.
+
+The outputs must equal running the artifact directly on the same frames, re-created by frame id and warped by the
+numpy reference, with the recurrent state chained the same way; injected drops must raise frameDropPerc and mark the
+outputs invalid until the two-frame history is consecutive again; SIGTERM must leave nothing in /dev/shm.
+"""
+import glob
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import compiled
+from compiled.preprocess import reference
+from ipc import PubMaster, decode, get_outputs, new_message, sub_socket
+from ipc.framepool import SHM_DIR
+from ipc.testing import isolated_bus
+from tools import drive_model
+from tools.camerad import synthetic_frame
+from tools.compile import compile_model
+from tools.modelconfig import load_config
+from tools.modeld import DropRate, FrameHistory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAMERA = (160, 96)  # larger than the 128x64 warped image: the identity warp is a crop
+SHAPE = (1, 12, 32, 64)
+WAIT_S = 30  # bound on every wait for a process
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  """A compiled drive_model artifact with its config beside it."""
+  folder = tmp_path_factory.mktemp("model")
+  drive_model.build(str(folder / "drive.onnx"), *SHAPE[2:])
+  compile_model(str(folder / "drive.onnx"), str(folder / "drive.edgeml"), log=lambda *_: None)
+  (folder / "drive.json").write_text(json.dumps(drive_model.CONFIG))
+  return folder / "drive.edgeml"
+
+
+@pytest.fixture
+def bus():
+  with isolated_bus() as prefix:
+    yield prefix
+    assert glob.glob(os.path.join(SHM_DIR, f"edgeml-{prefix}-*")) == []  # before isolated_bus cleans up
+
+
+@pytest.fixture
+def spawn(bus):
+  """start(module, *args) runs `python -m module args` on the test's bus; every process is killed at the end."""
+  procs = []
+
+  def start(*args):
+    procs.append(subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+    return procs[-1]
+  try:
+    yield start
+  finally:
+    for proc in procs:
+      if proc.poll() is None: proc.kill()
+      proc.communicate()
+
+
+def stop(proc) -> tuple[int, str]:
+  """SIGTERM, then the exit code and everything it printed (killed if it does not exit in time)."""
+  proc.send_signal(signal.SIGTERM)
+  try: out, _ = proc.communicate(timeout=WAIT_S)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise AssertionError(f"{proc.args} did not exit within {WAIT_S} s of SIGTERM: {proc.communicate()[0]}")
+  return proc.returncode, out
+
+
+def receive(sock, timeout_s: float) -> dict | None:
+  """The next modelOutput within timeout_s as a dict (seq, valid, frame_id, drop, times, outputs), or None."""
+  if not sock.poll(int(timeout_s * 1000)): return None
+  event = decode("modelOutput", sock.recv())
+  m = event.modelOutput
+  return dict(seq=event.seq, valid=event.valid, frame_id=m.frameId, drop=m.frameDropPerc,
+              model_time=m.modelExecutionTime, gpu_time=m.gpuExecutionTime, outputs=get_outputs(m))
+
+
+def collect(sock, camerad, last_frame_id: int) -> list:
+  """Every modelOutput until the one for `last_frame_id`, or until camerad has exited and nothing more comes."""
+  got, deadline = [], time.monotonic() + WAIT_S
+  while time.monotonic() < deadline:
+    if (out := receive(sock, 3.0)) is not None:
+      got.append(out)
+      if out["frame_id"] == last_frame_id: break
+    elif camerad.poll() is not None: break
+  return got
+
+
+def run_stack(spawn, model, frames: int, skip=(), modeld_args=(), during=None):
+  """camerad (frames, skipped ids) + modeld; returns (outputs received, modeld's printout). `during(sock, camerad)`
+  replaces the default collection for tests that act on the stack while it runs; camerad is then stopped."""
+  sock = sub_socket("modelOutput", conflate=False)  # subscribed before modeld starts: it waits for us
+  try:
+    modeld = spawn("tools.modeld", str(model), "--wait-subscriber", str(WAIT_S), *modeld_args)
+    camerad = spawn("tools.camerad", "--size", "x".join(map(str, CAMERA)), "--frames", str(frames),
+                    "--skip", ",".join(map(str, skip)), "--wait-client", str(WAIT_S))
+    if during is None:
+      got = collect(sock, camerad, frames - 1)
+      assert camerad.wait(WAIT_S) == 0  # it stops by itself after `frames`
+    else:
+      got = during(sock, camerad)
+      assert stop(camerad)[0] == 0
+    rc, printed = stop(modeld)
+    assert rc == 0, printed
+    return got, printed
+  finally:
+    sock.close()
+
+
+def replay(model, got) -> None:
+  """Run the artifact directly on the frames modeld processed, in its order, and compare every output."""
+  prog = compiled.load(model)
+  images, state, last = np.zeros(SHAPE, np.float32), np.zeros((1, 16), np.float32), None
+  for out in got:
+    nv12 = synthetic_frame(out["frame_id"], *CAMERA)
+    area = CAMERA[0] * CAMERA[1]
+    y, uv = nv12[:area].reshape(CAMERA[::-1]), nv12[area:].reshape(CAMERA[1] // 2, CAMERA[0])
+    images[0, :6] = images[0, 6:]
+    images[0, 6:] = reference(y, uv, np.eye(3), "yuv6", SHAPE)
+    expected = prog.run({"input_imgs": images, "desire": np.zeros((1, 8), np.float32), "state": state})
+    for name, value in expected.items():
+      np.testing.assert_allclose(out["outputs"][name], value, rtol=1e-4, atol=1e-5, err_msg=f"frame {out['frame_id']}")
+    assert out["valid"] == (last == out["frame_id"] - 1), f"frame {out['frame_id']} after {last}"
+    state, last = expected["state_out"], out["frame_id"]
+
+
+def test_outputs_equal_the_artifact_run_directly_and_drops_are_counted(spawn, model):
+  got, printed = run_stack(spawn, model, frames=24, skip=(10, 11))
+  assert [o["seq"] for o in got] == list(range(1, len(got) + 1)), "a modelOutput was lost on the bus"
+  ids = [o["frame_id"] for o in got]
+  assert ids == sorted(ids) and not {10, 11} & set(ids) and ids[-1] == 23
+  replay(model, got)
+  after_gap = next(o for o in got if o["frame_id"] > 11)
+  before_gap = [o["drop"] for o in got if o["frame_id"] < 10]
+  assert not after_gap["valid"] and after_gap["drop"] > max(before_gap)
+  assert all(o["drop"] > 0 for o in got if o["frame_id"] > 11)
+  assert all(o["model_time"] > 0 and o["gpu_time"] > 0 for o in got)
+  assert "modeld: " in printed and f"{len(got)} outputs" in printed
+
+
+def test_outputs_invalid_until_calibration_when_required(spawn, model, tmp_path):
+  config = dict(drive_model.CONFIG, requires_calibration=True)
+  (tmp_path / "calibrated.json").write_text(json.dumps(config))
+  matrix = [0.9, 0.0, 2.0, 0.0, 0.9, 1.0, 0.0, 0.0, 1.0]
+
+  def calibrate_midway(sock, camerad):
+    with PubMaster(["liveCalibration"]) as pm:
+      got = []
+      while not got or not got[-1]["valid"]:
+        assert (out := receive(sock, WAIT_S)) is not None and camerad.poll() is None, "no valid output came"
+        got.append(out)
+        if len(got) >= 6: pm.send("liveCalibration", new_message("liveCalibration", warpMatrix=matrix))
+      return got
+  got, _ = run_stack(spawn, model, frames=200, modeld_args=("--config", str(tmp_path / "calibrated.json")),
+                     during=calibrate_midway)
+  assert not any(o["valid"] for o in got[:6]) and got[-1]["valid"]
+
+
+def test_sigterm_while_waiting_for_a_camera_exits_cleanly(spawn, model):
+  modeld = spawn("tools.modeld", str(model))
+  time.sleep(0.5)  # not a threshold: SIGTERM may arrive during startup or while waiting, both must be clean
+  rc, printed = stop(modeld)
+  assert rc == 0, printed
+
+
+def test_camerad_sigterm_removes_its_pools(spawn, bus):
+  camerad = spawn("tools.camerad", "--cameras", "road,wideRoad", "--size", "64x48")
+  assert select.select([camerad.stdout], [], [], WAIT_S)[0], "camerad printed nothing"
+  assert camerad.stdout.readline().startswith("camerad: road,wideRoad 64x48")
+  assert sorted(glob.glob(os.path.join(SHM_DIR, f"edgeml-{bus}-*"))) == [
+    os.path.join(SHM_DIR, f"edgeml-{bus}-{camera}") for camera in ("road", "wideRoad")]
+  rc, _ = stop(camerad)
+  assert rc == 0
+
+
+def test_history_and_drop_rate():
+  history, drops = FrameHistory(2), DropRate(20.0)
+  assert [history.add(i) for i in (0, 1, 2, 5, 6, 3)] == [0, 0, 0, 2, 0, 0]  # going back (a restart) is no drop
+  history = FrameHistory(2)
+  full = [(history.add(i), history.full)[1] for i in (0, 1, 2, 5, 6, 7)]
+  assert full == [False, True, True, False, True, True]
+  rates = [drops.add(d) for d in (0, 0, 2, 0, 0)]
+  assert rates[0] == rates[1] == 0 and rates[2] > 0 and rates[2] > rates[3] > rates[4] > 0 and drops.total == 2
+
+
+def test_config_errors_name_the_input(model, tmp_path):
+  prog = compiled.load(model)
+  cases = {"input_imgs": ({"source": "back", "layout": "yuv6"}, "unknown camera 'back'"),
+           "state": ({"recurrent": "plan"}, "same shape"),
+           "desire": ({"source": "road", "layout": "rgb"}, r"\(1, 3\*frames, h, w\)")}
+  for name, (entry, message) in cases.items():
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"inputs": {**drive_model.CONFIG["inputs"], name: entry}}))
+    with pytest.raises(ValueError, match=f"input '{name}'.*{message}"):
+      load_config(str(path), prog.inputs, prog.outputs)
+  with pytest.raises(ValueError, match="no model config.*write one"):
+    load_config(str(tmp_path / "none.json"), prog.inputs, prog.outputs)

@@ -1,0 +1,212 @@
+"""edgeml-modeld: runs a compiled model on every camera frame and publishes modelOutput.
+
+  edgeml-modeld model.edgeml [--config model.json] [--rt-priority N] [--cpu N] [--wait-subscriber S]
+
+Per frame of the first camera in the model config (tools/modelconfig.py): copy the NV12 frame from the pool to the
+device, check the pool buffer was not reused meanwhile, warp it into the image input with the latest calibration
+(identity until one arrives; compiled/preprocess.py), run the program, copy each recurrent output into its input on the
+device, publish. Image inputs keep their last K frames on the device. A frame id that skips (the camera dropped, or
+this daemon was too slow for the keep-latest stream) counts into frameDropPerc, and outputs stay invalid until the
+K-frame history is consecutive again. Other cameras are matched to the first by frame id, waiting at most a period.
+
+modelOutput: frameId, frameAge (camera periods between the frame's end of exposure and publishing), frameDropPerc
+(dropped share of frames, filtered over about a second), modelExecutionTime (wall seconds, frame upload to outputs),
+gpuExecutionTime (OpenCL-event seconds of the warp and the model's kernels), every output by name, and the envelope's
+`valid`: false while the history refills, while a recurrent input is non-finite, or until a calibration arrives when
+the config requires one.
+
+Imports only compiled/, ipc/, numpy and pyopencl (and the config reader beside it).
+"""
+import argparse
+import gc
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import pyopencl as cl
+
+import compiled
+from compiled.preprocess import FrameWarp
+from ipc import FrameClient, PubMaster, SubMaster, new_message, set_outputs
+from ipc.services import get_service
+from tools.modelconfig import config_path, load_config
+
+DROP_TIME_CONSTANT_S = 1.0
+
+
+class DropRate:
+  """Dropped share of frames, low-pass filtered: each processed frame adds a sample dropped / (dropped + 1)."""
+  def __init__(self, rate_hz: float):
+    self.alpha = (1 / rate_hz) / (DROP_TIME_CONSTANT_S + 1 / rate_hz)
+    self.value, self.total = 0.0, 0
+
+  def add(self, dropped: int) -> float:
+    self.total += dropped
+    self.value += self.alpha * (dropped / (dropped + 1) - self.value)
+    return self.value
+
+
+class FrameHistory:
+  """Whether the last `frames` processed frame ids are consecutive."""
+  def __init__(self, frames: int):
+    self.frames, self.last, self.run = frames, None, 0
+
+  def add(self, frame_id: int) -> int:
+    """Record `frame_id`; returns how many frames were dropped since the previous one."""
+    dropped = 0 if self.last is None or frame_id <= self.last else frame_id - self.last - 1
+    self.run = self.run + 1 if self.last is not None and frame_id == self.last + 1 else 1
+    self.last = frame_id
+    return dropped
+
+  @property
+  def full(self) -> bool:
+    return self.run >= self.frames
+
+
+class ModelDaemon:
+  def __init__(self, program, config, log=print):
+    self.program, self.config, self.log = program, config, log
+    self.queue = program.device.queue
+    self.warps = {}
+    for image in config.images:
+      program.feed_on_device(image.name)
+      self.warps[image.name] = FrameWarp(program.device, image.layout, image.shape, program.device_buffer(image.name))
+    self.recurrent = []
+    for name, out in config.recurrent.items():
+      program.feed_on_device(name)
+      nbytes = program.input_buffer(name).nbytes
+      cl.enqueue_fill_buffer(self.queue, program.device_buffer(name), np.zeros(1, np.uint8), 0, nbytes)
+      self.recurrent.append((program.device_buffer(name), program.device_buffer(out), nbytes, program.output_buffer(out)))
+    self.cameras = config.cameras
+    self.rate_hz = get_service(f"{self.cameras[0]}CameraState").rate_hz
+    self.history = FrameHistory(max(w.frames for w in self.warps.values()))
+    self.drops = DropRate(self.rate_hz)
+    self.calibrated, self.finite = False, True
+    self.latest = {}  # camera -> newest Frame received
+    self.frames_in = self.outputs = 0
+
+  def connect(self, stop: list, wait_subscriber_s: float = 0.0) -> bool:
+    """Publish modelOutput (waiting up to wait_subscriber_s for a subscriber), subscribe to calibration and the
+    cameras (waiting for their pools until `stop`); False if stopped first."""
+    self.pm = PubMaster(["modelOutput"])
+    if wait_subscriber_s: self.pm.wait_for_subscribers("modelOutput", 1, wait_subscriber_s)
+    self.sm = SubMaster(["liveCalibration"])
+    self.clients = {}
+    for camera in self.cameras:
+      while camera not in self.clients:
+        if stop: return False
+        try: self.clients[camera] = FrameClient(camera, timeout_s=0.5)
+        except TimeoutError: pass
+    return True
+
+  def close(self):
+    for client in getattr(self, "clients", {}).values(): client.close()
+    for master in (getattr(self, "sm", None), getattr(self, "pm", None)):
+      if master is not None: master.close()
+
+  def run(self, stop: list) -> None:
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+      while not stop:
+        if (frame := self.clients[self.cameras[0]].recv(100)) is not None:
+          self.step(frame)
+    finally:
+      gc.enable()
+
+  def step(self, frame) -> None:
+    """One camera frame of the first camera: warp, run, feed back, publish."""
+    t0 = time.perf_counter()
+    self.frames_in += 1
+    self.update_calibration()
+    frames = {self.cameras[0]: frame, **{c: self.matching(c, frame.frame_id) for c in self.cameras[1:]}}
+    if not self.load(frames): return  # a buffer was reused under us: this frame is lost, the next one shows the gap
+    dropped = self.history.add(frame.frame_id)
+    events = [warp.warp() for warp in self.warps.values()]
+    self.program.execute()
+    for dst, src, nbytes, _ in self.recurrent: cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes)
+    valid = self.history.full and self.finite and (self.calibrated or not self.config.requires_calibration)
+    self.finite = all(np.isfinite(host).all() for *_, host in self.recurrent)  # the next frame's inputs
+    model_time = time.perf_counter() - t0
+    gpu_time = sum(e.profile.end - e.profile.start for e in events) * 1e-9 + self.program.last_gpu_time
+    msg = new_message("modelOutput", valid=valid)
+    out = msg.modelOutput
+    out.frameId = frame.frame_id
+    out.frameAge = max(0, int((time.monotonic_ns() - frame.timestamp_eof) * 1e-9 * self.rate_hz))
+    out.frameDropPerc = 100 * self.drops.add(dropped)
+    out.modelExecutionTime, out.gpuExecutionTime = model_time, gpu_time
+    set_outputs(out, {t.name: self.program.output_buffer(t.name) for t in self.program.outputs})
+    self.pm.send("modelOutput", msg)
+    self.outputs += 1
+
+  def matching(self, camera: str, frame_id: int):
+    """The frame of `camera` with `frame_id` (or a newer one), waiting at most a period; else its newest, or None."""
+    client, frame = self.clients[camera], self.latest.get(camera)
+    deadline = time.monotonic() + 1 / self.rate_hz
+    while (frame is None or frame.frame_id < frame_id) and (left := deadline - time.monotonic()) > 0:
+      frame = client.recv(max(1, int(left * 1000))) or frame
+    self.latest[camera] = frame
+    return frame
+
+  def load(self, frames: dict) -> bool:
+    """Copy each image input's frame to the device; False if one is missing or was overwritten during the copy."""
+    for image in self.config.images:
+      frame = frames[image.camera]
+      if frame is None: return False
+      layout = frame.pool.layout
+      self.warps[image.name].load(frame.pool.buffer(frame.index), layout.width, layout.height, layout.stride)
+      if not frame.still_valid(): return False
+    return True
+
+  def update_calibration(self) -> None:
+    self.sm.update(0)
+    if not self.sm.updated["liveCalibration"]: return
+    matrix = np.array(self.sm["liveCalibration"].warpMatrix, np.float64)
+    if matrix.size != 9 or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix.reshape(3, 3))) < 1e-12:
+      self.log(f"modeld: ignoring a calibration that is not an invertible 3x3 matrix: {matrix.tolist()}")
+      return
+    for warp in self.warps.values(): warp.set_matrix(matrix.reshape(3, 3))
+    self.calibrated = True
+
+
+def set_realtime(priority: int, cpu: int | None) -> None:
+  """Pin to `cpu` (threads started later, such as OpenCL CPU workers, inherit it) and ask for SCHED_FIFO `priority`
+  for this thread; without the permission, say so and go on."""
+  if cpu is not None: os.sched_setaffinity(0, {cpu})
+  if priority:
+    try: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError: print(f"modeld: warning: no permission for SCHED_FIFO {priority}, running at normal "
+                                  f"priority (needs CAP_SYS_NICE or root)", file=sys.stderr)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog="edgeml-modeld", description=__doc__.split("\n\n")[0])
+  ap.add_argument("artifact", help="a compiled .edgeml file")
+  ap.add_argument("--config", help="the model config (default: the artifact's path with .json)")
+  ap.add_argument("--rt-priority", type=int, default=0, metavar="N", help="SCHED_FIFO priority for the run loop")
+  ap.add_argument("--cpu", type=int, metavar="N", help="pin the daemon (and its OpenCL CPU threads) to core N")
+  ap.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
+                  help="wait up to S seconds for a modelOutput subscriber before reading frames")
+  args = ap.parse_args(argv)
+  stop = []
+  for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.append(1))
+  if args.cpu is not None: set_realtime(0, args.cpu)  # before the OpenCL threads start
+  program = compiled.load(args.artifact)
+  try: config = load_config(args.config or config_path(args.artifact), program.inputs, program.outputs)
+  except ValueError as e: raise SystemExit(f"edgeml-modeld: {e}")
+  daemon = ModelDaemon(program, config)
+  set_realtime(args.rt_priority, None)
+  try:
+    if daemon.connect(stop, args.wait_subscriber):
+      print(f"modeld: {args.artifact} on {program.device.name}, cameras {', '.join(daemon.cameras)}", flush=True)
+      daemon.run(stop)
+  finally:
+    daemon.close()
+  print(f"modeld: {daemon.frames_in} frames in, {daemon.outputs} outputs, {daemon.drops.total} dropped", flush=True)
+
+
+if __name__ == "__main__":
+  main()
