@@ -1,0 +1,45 @@
+"""edgeml-profile: the table lists every kernel once, and the trace is valid Chrome JSON with one slice per kernel
+per run."""
+import json
+from collections import Counter
+
+import pytest
+
+import compiled
+from tools import drive_model, profile
+from tools.compile import compile_model
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("profile")
+  drive_model.build(str(folder / "drive.onnx"), 16, 32, hidden=8)
+  compile_model(str(folder / "drive.onnx"), str(folder / "drive.edgeml"), log=lambda *_: None)
+  return str(folder / "drive.edgeml")
+
+
+def test_table_and_trace(artifact, tmp_path, capsys):
+  runs, trace = 7, tmp_path / "trace.json"
+  profile.main([artifact, "-n", str(runs), "--trace", str(trace)])
+  printed = capsys.readouterr().out
+  kernels = [k.name for k in compiled.load(artifact).kernels]
+  rows = [line.split()[0] for line in printed.splitlines() if line.split() and line.split()[0] in kernels]
+  assert sorted(rows) == sorted(kernels)
+  assert "end to end" in printed and "p99" in printed
+  events = json.loads(trace.read_text())["traceEvents"]
+  slices = [e for e in events if e["ph"] == "X"]
+  assert Counter(e["name"] for e in slices) == Counter({name: runs for name in kernels})
+  assert all({"ts", "dur", "pid", "tid", "args"} <= e.keys() and e["dur"] >= 0 for e in slices)
+  assert sorted(e["args"]["run"] for e in slices) == sorted(list(range(runs)) * len(kernels))
+
+
+def test_rows_sorted_by_time_with_shares():
+  class K:  # the fields kernel_rows reads
+    def __init__(self, name, flops): self.name, self.global_size, self.local_size, self.flops, self.bytes = name, (4,), None, flops, 8
+
+  class P: kernels = [K("a", 10), K("b", 20)]
+  rows = profile.kernel_rows(P, [[1e-6, 3e-6], [1e-6, 3e-6]])
+  assert [r["name"] for r in rows] == ["b", "a"] and [r["share"] for r in rows] == pytest.approx([0.75, 0.25])
+  assert rows[0]["gflops"] == pytest.approx(20 / 3e-6 / 1e9)
+  lines = profile.format_rows(rows, top=1)
+  assert lines[1].startswith("b") and "1 more" in lines[2]

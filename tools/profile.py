@@ -1,0 +1,101 @@
+"""edgeml-profile: where the milliseconds go on the device, kernel by kernel.
+
+  edgeml-profile model.edgeml [-n 100] [--top K] [--trace out.json]
+
+Runs the artifact n times (after its warm-up run) on random inputs and prints one row per kernel, slowest first:
+launch size, median OpenCL-event time, share of the summed medians, GFLOP/s and GB/s from the compiler's counts. Then
+the end-to-end latency of a whole run (inputs in, kernels, outputs out, on the host clock) as percentiles. --trace
+writes a Chrome/Perfetto trace (open it at ui.perfetto.dev or chrome://tracing) with one slice per kernel per run.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+
+import compiled
+
+
+def measure(program, runs: int):
+  """(kernel seconds (runs, kernels), [(kernel, start ns, end ns)] per run, end-to-end seconds per run)."""
+  rng = np.random.default_rng(0)
+  for t in program.inputs:
+    buf = program.input_buffer(t.name)
+    buf[...] = rng.random(buf.shape) if buf.dtype.kind == "f" else 0
+  events, wall = [], np.empty(runs)
+  for i in range(runs):
+    t0 = time.perf_counter()
+    program.execute()
+    wall[i] = time.perf_counter() - t0
+    events.append(program.last_kernel_times())
+  times = np.array([[end - start for _, start, end in run] for run in events]) * 1e-9
+  return times, events, wall
+
+
+def kernel_rows(program, times) -> list[dict]:
+  """One row per kernel (name, launch, median s, share, GFLOP/s, GB/s), slowest first."""
+  medians = np.median(times, axis=0)
+  total = max(medians.sum(), 1e-12)
+  rows = [dict(name=k.name, launch=_launch(k), seconds=s, share=s / total, gflops=k.flops / max(s, 1e-12) / 1e9,
+               gbs=k.bytes / max(s, 1e-12) / 1e9) for k, s in zip(program.kernels, medians)]
+  return sorted(rows, key=lambda r: -r["seconds"])
+
+
+def _launch(k) -> str:
+  glob = "x".join(map(str, k.global_size))
+  return glob if k.local_size is None else f"{glob}/{'x'.join(map(str, k.local_size))}"
+
+
+def format_rows(rows: list[dict], top: int | None = None) -> list[str]:
+  width = max([len(r["name"]) for r in rows] + [6])
+  lines = [f"{'kernel':<{width}}  {'launch':<18} {'median us':>10} {'share':>6} {'GFLOP/s':>8} {'GB/s':>7}"]
+  for r in rows[:top]:
+    lines.append(f"{r['name']:<{width}}  {r['launch']:<18} {r['seconds'] * 1e6:10.1f} {r['share']:6.1%} "
+                 f"{r['gflops']:8.2f} {r['gbs']:7.2f}")
+  if top is not None and len(rows) > top:
+    rest = rows[top:]
+    lines.append(f"{f'... {len(rest)} more':<{width}}  {'':<18} {sum(r['seconds'] for r in rest) * 1e6:10.1f} "
+                 f"{sum(r['share'] for r in rest):6.1%}")
+  return lines
+
+
+def percentiles(seconds) -> str:
+  p = np.percentile(np.asarray(seconds) * 1e3, [50, 90, 99])
+  return f"p50 {p[0]:.2f} ms, p90 {p[1]:.2f} ms, p99 {p[2]:.2f} ms, max {np.max(seconds) * 1e3:.2f} ms"
+
+
+def chrome_trace(program, events) -> dict:
+  """Chrome trace events: one complete ('X') slice per kernel per run, microseconds from the first kernel."""
+  t0 = events[0][0][1]
+  slices = [{"name": k.name, "ph": "X", "ts": (start - t0) / 1e3, "dur": (end - start) / 1e3, "pid": 1, "tid": 1,
+             "cat": "kernel", "args": {"run": i, "launch": _launch(k), "flops": k.flops, "bytes": k.bytes}}
+            for i, run in enumerate(events) for k, start, end in run]
+  names = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": program.device.name}},
+           {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": program.name}}]
+  return {"traceEvents": names + slices, "displayTimeUnit": "ms"}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog="edgeml-profile", description=__doc__.split("\n\n")[0])
+  ap.add_argument("artifact", help="a compiled .edgeml file")
+  ap.add_argument("-n", "--runs", type=int, default=100, help="timed runs (default 100)")
+  ap.add_argument("--top", type=int, help="show only the K slowest kernels")
+  ap.add_argument("--trace", metavar="OUT.json", help="write a Chrome/Perfetto trace")
+  args = ap.parse_args(argv)
+  if args.runs < 1: ap.error("--runs must be at least 1")
+  program = compiled.load(args.artifact)
+  times, events, wall = measure(program, args.runs)
+  rows = kernel_rows(program, times)
+  print(f"{args.artifact} on {program.device.name}: {len(rows)} kernels, {args.runs} runs")
+  print("\n".join(format_rows(rows, args.top)))
+  print(f"kernels: {times.sum(axis=1).mean() * 1e3:.2f} ms per run on the device (sum of medians "
+        f"{sum(r['seconds'] for r in rows) * 1e3:.2f} ms), "
+        f"{sum(k.flops for k in program.kernels) / 1e9:.3f} GFLOP, {sum(k.bytes for k in program.kernels) / 1e6:.1f} MB")
+  print(f"end to end (inputs in, kernels, outputs out): {percentiles(wall)}")
+  if args.trace:
+    with open(args.trace, "w") as f: json.dump(chrome_trace(program, events), f)
+    print(f"trace: {args.trace} ({len(events) * len(program.kernels)} kernel slices)")
+
+
+if __name__ == "__main__":
+  main()
