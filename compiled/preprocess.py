@@ -107,6 +107,8 @@ class FrameWarp:
     self.matrix_buf = device.alloc(self.matrices.nbytes)
     self.source, self.source_shape = None, None
     self.set_matrix(np.eye(3))
+    self.load(np.zeros(6, np.uint8), 2, 2, 2)  # warm-up on a black 2x2 frame: machine code is made at first enqueue
+    self.warp().wait()
 
   def set_matrix(self, camera_to_model) -> None:
     self.matrices[:] = sampling_matrices(self.layout, camera_to_model)

@@ -199,9 +199,9 @@ def main(argv=None):
   except ValueError as e: raise SystemExit(f"edgeml-modeld: {e}")
   daemon = ModelDaemon(program, config)
   set_realtime(args.rt_priority, None)
+  print(f"modeld: {args.artifact} on {program.device.name}, cameras {', '.join(daemon.cameras)}", flush=True)
   try:
     if daemon.connect(stop, args.wait_subscriber):
-      print(f"modeld: {args.artifact} on {program.device.name}, cameras {', '.join(daemon.cameras)}", flush=True)
       daemon.run(stop)
   finally:
     daemon.close()
