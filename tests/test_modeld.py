@@ -206,3 +206,61 @@ def test_config_errors_name_the_input(model, tmp_path):
       load_config(str(path), prog.inputs, prog.outputs)
   with pytest.raises(ValueError, match="no model config.*write one"):
     load_config(str(tmp_path / "none.json"), prog.inputs, prog.outputs)
+
+
+def test_two_cameras_matched_by_frame_id(spawn, tmp_path):
+  """A model reading the road camera (yuv6) and the wide camera (rgb): each output comes from one frame id of both."""
+  from onnx import TensorProto, helper, numpy_helper, save
+  shapes = {"road_img": (1, 6, 16, 32), "wide_img": (1, 3, 24, 40)}
+  rng = np.random.default_rng(1)
+  inits, nodes = [], []
+  for name, shape in shapes.items():
+    inits.append(numpy_helper.from_array(rng.standard_normal((int(np.prod(shape)), 8)).astype(np.float32) / 1e3, f"w_{name}"))
+    nodes += [helper.make_node("Flatten", [name], [f"flat_{name}"]),
+              helper.make_node("MatMul", [f"flat_{name}", f"w_{name}"], [f"out_{name}"])]
+  graph = helper.make_graph(nodes, "two_cameras",
+                            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
+                            [helper.make_tensor_value_info(f"out_{n}", TensorProto.FLOAT, [1, 8]) for n in shapes], inits)
+  save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
+  compile_model(str(tmp_path / "two.onnx"), str(tmp_path / "two.edgeml"), log=lambda *_: None)
+  (tmp_path / "two.json").write_text(json.dumps({"inputs": {"road_img": {"source": "road", "layout": "yuv6"},
+                                                            "wide_img": {"source": "wideRoad", "layout": "rgb"}}}))
+  sock = sub_socket("modelOutput", conflate=False)
+  try:
+    modeld = spawn("tools.modeld", str(tmp_path / "two.edgeml"), "--wait-subscriber", str(WAIT_S))
+    camerad = spawn("tools.camerad", "--cameras", "road,wideRoad", "--size", "x".join(map(str, CAMERA)),
+                    "--frames", "12", "--wait-client", str(WAIT_S))
+    got = collect(sock, camerad, 11)
+    assert camerad.wait(WAIT_S) == 0 and stop(modeld)[0] == 0
+  finally:
+    sock.close()
+  assert got and got[-1]["frame_id"] == 11
+  prog, area = compiled.load(tmp_path / "two.edgeml"), CAMERA[0] * CAMERA[1]
+  for out in got:
+    feeds = {}
+    for (name, shape), (camera, layout) in zip(shapes.items(), [("road", "yuv6"), ("wideRoad", "rgb")]):
+      nv12 = synthetic_frame(out["frame_id"], *CAMERA, camera)
+      y, uv = nv12[:area].reshape(CAMERA[::-1]), nv12[area:].reshape(CAMERA[1] // 2, CAMERA[0])
+      feeds[name] = reference(y, uv, np.eye(3), layout, shape)[None]
+    for name, value in prog.run(feeds).items():
+      np.testing.assert_allclose(out["outputs"][name], value, rtol=1e-4, atol=1e-5, err_msg=f"frame {out['frame_id']}")
+    assert out["valid"]
+
+
+def test_video_sources_loop_and_convert_to_nv12(tmp_path):
+  from tools.camerad import VideoFile
+  w, h = 8, 4
+  planes = [np.random.default_rng(i).integers(0, 256, w * h * 3 // 2, dtype=np.uint8) for i in range(2)]
+  with open(tmp_path / "clip.y4m", "wb") as f:
+    f.write(f"YUV4MPEG2 W{w} H{h} F20:1 Ip A1:1 C420jpeg\n".encode())
+    for p in planes: f.write(b"FRAME\n" + p.tobytes())
+  (tmp_path / "clip.nv12").write_bytes(b"".join(p.tobytes() for p in planes))
+  y4m, raw, out = VideoFile(str(tmp_path / "clip.y4m"), None), VideoFile(str(tmp_path / "clip.nv12"), (w, h)), np.empty_like(planes[0])
+  for i in range(3):  # the third frame is the first again
+    p = planes[i % 2]
+    y4m.read(out)
+    uv = out[w * h:].reshape(h // 2, w)
+    assert (out[:w * h] == p[:w * h]).all()
+    assert (uv[:, 0::2].ravel() == p[w * h:w * h * 5 // 4]).all() and (uv[:, 1::2].ravel() == p[w * h * 5 // 4:]).all()
+    raw.read(out)
+    assert (out == p).all()
