@@ -9,7 +9,6 @@ never published (an injected drop). SIGINT/SIGTERM stop it and remove its pools 
 """
 import argparse
 import functools
-import os
 import signal
 import sys
 import time
@@ -116,6 +115,8 @@ def main(argv=None):
   servers = []
   try:
     for name in args.cameras.split(","): servers.append(FrameServer(name, width, height))
+    if not video:
+      for server in servers: _scene(server.camera, width, height)  # built now, not inside the first tick
     if args.wait_client and not servers[0].wait_for_client(args.wait_client):
       print(f"camerad: no subscriber after {args.wait_client} s, publishing anyway", file=sys.stderr)
     print(f"camerad: {args.cameras} {width}x{height} at {args.rate} Hz, "

@@ -141,7 +141,7 @@ def run(artifact: Path, seconds: float) -> dict:
           pipe=False)
     with PubMaster(["liveCalibration"]) as pm:
       t0, progress = None, None
-      while t0 is None or time.monotonic() - t0 < seconds:
+      while t0 is None or time.monotonic() - t0 < seconds - 0.5:  # lines come once a second
         pm.send("liveCalibration", new_message("liveCalibration", warpMatrix=calibration))
         if (line := consumer.next("progress ", START_S if t0 is None else 5)) is None:
           raise SystemExit(f"demo: no progress from the consumer ({ {n: p.poll() for n, p in procs.items()} })")

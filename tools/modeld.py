@@ -29,8 +29,7 @@ import pyopencl as cl
 
 import compiled
 from compiled.preprocess import FrameWarp
-from ipc import FrameClient, PubMaster, SubMaster, new_message, set_outputs
-from ipc.services import get_service
+from ipc import FrameClient, PubMaster, SubMaster, camera_service, new_message, set_outputs
 from tools.modelconfig import config_path, load_config
 
 DROP_TIME_CONSTANT_S = 1.0
@@ -80,7 +79,7 @@ class ModelDaemon:
       cl.enqueue_fill_buffer(self.queue, program.device_buffer(name), np.zeros(1, np.uint8), 0, nbytes)
       self.recurrent.append((program.device_buffer(name), program.device_buffer(out), nbytes, program.output_buffer(out)))
     self.cameras = config.cameras
-    self.rate_hz = get_service(f"{self.cameras[0]}CameraState").rate_hz
+    self.rate_hz = camera_service(self.cameras[0]).rate_hz
     self.history = FrameHistory(max(w.frames for w in self.warps.values()))
     self.drops = DropRate(self.rate_hz)
     self.calibrated, self.finite = False, True
