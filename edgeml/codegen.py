@@ -26,6 +26,9 @@ ALU = {
   Op.XOR: "({0}^{1})", Op.WHERE: "({0}?{1}:{2})",
 }
 
+VECTOR_ALU = {op: ALU[op] for op in (Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.SIN, Op.FLOOR, Op.ADD, Op.MUL, Op.DIV)}
+VECTOR_ALU.update({Op.MAX: "fmax({0},{1})", Op.POW: "pow({0},{1})", Op.WHERE: "({0}?{1}:{2})"})
+
 PRELUDE = """int floordiv_i(int a, int b) { return (a - (a % b + b) % b) / b; }
 int floormod_i(int a, int b) { return (a % b + b) % b; }
 """
@@ -35,8 +38,8 @@ int floormod_i(int a, int b) { return (a % b + b) % b; }
 class Kernel:
   name: str
   source: str              # the kernel function (program_source() adds what a program needs around it)
-  global_size: int
-  local_size: int
+  global_size: tuple       # 2-d NDRange: (the innermost axis padded to the local size, every other axis)
+  local_size: tuple
   out: Node
   loads: list              # nodes whose buffers follow the output buffer as arguments
   flops: int
@@ -61,30 +64,50 @@ def literal(value, dtype: np.dtype) -> str:
 MAX_UNROLL = 16   # reduce iterations unrolled at most (3x3 windows yes, long channel loops no)
 
 
-def pick_local_size(n: int) -> int:
-  """A power of two up to 64 that still gives at least 8 work groups (2 cores x 2 and some slack)."""
-  local = 64
-  while local > 1 and n < local * 8: local //= 2
-  return local
+def pick_local_size(nx: int, ny: int) -> int:
+  """A power of two up to 64 for the innermost axis that pads it by at most 1/8 and still gives at least 8 work
+  groups (2 cores x 2 and some slack), when possible."""
+  for local in (64, 32, 16, 8, 4, 2):
+    padded = -(-nx // local) * local
+    if padded - nx <= nx // 8 and padded // local * ny >= 8: return local
+  return 1
+
+
+class NotVectorizable(Exception):
+  """The kernel reads or computes something lane by lane that a vector type cannot express; use scalar tiles."""
 
 
 class _Renderer:
-  def __init__(self, item: ScheduleItem, half_math: bool):
-    self.item, self.half_math = item, half_math
+  """Renders one kernel. With `width` > 1 the last output axis is computed `width` lanes at a time in OpenCL vector
+  types: contiguous loads become vloadN, values that do not depend on the lane stay scalar and broadcast."""
+  def __init__(self, item: ScheduleItem, half_math: bool, width: int = 1, reduce_lanes: bool = False):
+    self.item, self.half_math, self.width, self.reduce_lanes = item, half_math, width, reduce_lanes
+    self.lane = Var("lane", 0, width - 1)
+    self.vectors: set[str] = set()     # names of values that are vectors
     self.args = {id(n): i + 1 for i, n in enumerate(item.loads)}
     self.lines: list[str] = []
     self.scopes: list[dict] = [{}]
     self.count, self.trips, self.flops = 0, 1, 0
     self.pending: list[tuple] = []     # fused-reduce requests: (node, index, validity, accumulator name)
+    self.loop_statements = 0           # statements the reduce executes per work item (a vector one counts once)
 
   def compute_type(self, dtype) -> str:
     return "float" if dtype.type is np.float16 and not self.half_math else ctype(dtype)
 
-  def emit(self, dtype, expr: str) -> str:
+  def emit(self, dtype, expr: str, vector: bool = False) -> str:
     name = f"v{self.count}"
     self.count += 1
-    self.lines.append(f"{self.compute_type(dtype)} {name} = {expr};")
+    ctype_ = self.compute_type(dtype)
+    if vector:   # float lanes, or int lanes (-1/0) for comparisons
+      if dtype != np.float32 and dtype.kind != "b": raise NotVectorizable(f"{dtype} lanes")
+      ctype_ = f"float{self.width}" if dtype == np.float32 else f"int{self.width}"
+      self.vectors.add(name)
+    self.lines.append(f"{ctype_} {name} = {expr};")
     return name
+
+  def is_vector(self, value: str) -> bool: return value.split(".")[0] in self.vectors
+
+  def as_vector(self, value: str) -> str: return value if self.is_vector(value) else f"((float{self.width})({value}))"
 
   def value(self, n: Node, idx: tuple, valid: tuple) -> str:
     key = (id(n), idx, valid)
@@ -101,6 +124,9 @@ class _Renderer:
     if n.op in REDUCE: return self._reduce(n, idx, valid)
     if n.op is Op.CONTIGUOUS: return self.value(n.src[0], idx, valid)
     srcs = [self.value(s, idx, valid) for s in n.src]
+    if any(self.is_vector(v) for v in srcs):
+      self.flops += self.trips * self.width
+      return self._vector_alu(n, srcs)
     self.flops += self.trips
     if n.op is Op.CAST: return self.emit(n.dtype, f"({srcs[0]}!=0)" if n.dtype.kind == "b" else
                                          f"(({self.compute_type(n.dtype)}){srcs[0]})")
@@ -108,14 +134,27 @@ class _Renderer:
     if n.op is Op.MOD: return self.emit(n.dtype, f"({srcs[0]}%{srcs[1]})")
     return self.emit(n.dtype, ALU[n.op].format(*srcs))
 
+  def _vector_alu(self, n: Node, srcs: list) -> str:
+    if n.op is Op.WHERE and self.is_vector(srcs[0]) and n.dtype == np.float32:
+      return self.emit(n.dtype, f"select({self.as_vector(srcs[2])},{self.as_vector(srcs[1])},{srcs[0]})", True)
+    if n.op in (Op.CMPLT, Op.CMPEQ) and all(s.dtype == np.float32 for s in n.src):
+      return self.emit(n.dtype, ALU[n.op].format(*srcs), True)
+    if n.dtype != np.float32 or n.op not in VECTOR_ALU: raise NotVectorizable(n.op.name)
+    if n.op in (Op.MAX, Op.POW): srcs = [self.as_vector(v) for v in srcs]
+    return self.emit(n.dtype, VECTOR_ALU[n.op].format(*srcs), vector=True)
+
   def _load(self, n: Node, idx: tuple, valid: tuple) -> str:
-    offset = Lin()
-    for i, st in zip(idx, contiguous_strides(n.shape)): offset = offset + i * st
+    offset = Lin.combine(zip(idx, contiguous_strides(n.shape)))
     buf = f"data{self.args[id(n)]}"
+    if any(j.uses(self.lane) for j, _ in valid): raise NotVectorizable("lane-dependent padding")
+    guard = (lambda read, zero: f"({render_conditions(valid)}?{read}:{zero})") if valid else (lambda read, zero: read)
+    if self.width > 1 and offset.uses(self.lane):
+      coef, rest = offset.split_var(self.lane)
+      if coef != 1 or n.dtype != np.float32: raise NotVectorizable("strided lanes")
+      return self.emit(n.dtype, guard(f"vload{self.width}(0,{buf}+{rest.render()})", f"((float{self.width})0.0f)"), True)
     read = (f"vload_half({offset.render()},{buf})" if n.dtype.type is np.float16 and not self.half_math
             else f"{buf}[{offset.render()}]")
-    if valid: read = f"({render_conditions(valid)}?{read}:{literal(0, n.dtype)})"
-    return self.emit(n.dtype, read)
+    return self.emit(n.dtype, guard(read, literal(0, n.dtype)))
 
   def _pad(self, n: Node, idx: tuple, valid: tuple) -> str:
     conds, inner = [], []
@@ -127,12 +166,17 @@ class _Renderer:
       inner.append(j)
     if not conds: return self.value(n.src[0], tuple(inner), valid)
     conds = tuple(conds)
+    if any(j.uses(self.lane) for j, _ in conds): raise NotVectorizable("lane-dependent padding")
     v = self.value(n.src[0], tuple(inner), valid + conds)
-    return self.emit(n.dtype, f"({render_conditions(conds)}?{v}:{literal(0, n.dtype)})")
+    zero = f"((float{self.width})0.0f)" if self.is_vector(v) else literal(0, n.dtype)
+    return self.emit(n.dtype, f"({render_conditions(conds)}?{v}:{zero})", self.is_vector(v))
 
   def _reduce(self, n: Node, idx: tuple, valid: tuple) -> str:
     """Deferred: the accumulator's name now, the loop later in `reduce_loop`, shared by every output of the tile."""
     acc = f"acc{len(self.pending)}"
+    if any(i.uses(self.lane) for i in idx):
+      if n.dtype != np.float32: raise NotVectorizable(f"{n.dtype} accumulator")
+      self.vectors.add(acc)
     self.pending.append((n, idx, valid, acc))
     return acc
 
@@ -143,25 +187,45 @@ class _Renderer:
     n = self.pending[0][0]
     src, lines, loops = n.src[0], [], {}
     init = literal(0, n.dtype) if n.op is Op.SUM else min_literal(n.dtype)
-    lines += [f"{self.compute_type(n.dtype)} {acc} = {init};" for *_, acc in self.pending]
     axes = [ax for ax in n.arg if src.shape[ax] > 1]
+    if self.reduce_lanes:   # the innermost reduce axis in vector lanes: vector partial sums, added up after the loop
+      if n.op is not Op.SUM or n.dtype != np.float32 or not axes or src.shape[axes[-1]] % self.width:
+        raise NotVectorizable("reduce lanes")
+      sums = {acc: f"{acc}_lanes" for *_, acc in self.pending}
+      self.vectors.update(sums.values())
+      lines += [f"float{self.width} {sums[acc]} = 0.0f;" for *_, acc in self.pending]
+    else:
+      lines += [f"{self.compute_type(n.dtype)}{self.width if acc in self.vectors else ''} {acc} = {init};"
+                for *_, acc in self.pending]
     unrolled = []
-    for ax in reversed(axes):
+    for ax in reversed(axes[:-1] if self.reduce_lanes else axes):
       if src.shape[ax] <= MAX_UNROLL and math.prod(src.shape[a] for a in unrolled) * src.shape[ax] <= MAX_UNROLL: unrolled.append(ax)
+    trips = 1
     for ax in axes:
       if ax in unrolled: continue
-      loops[ax] = Lin.of(Var(f"r{ax}", 0, src.shape[ax] - 1))
-      lines.append(f"for (int r{ax} = 0; r{ax} < {src.shape[ax]}; r{ax}++) {{")
-    self.lines, self.scopes = lines, [{}]
-    self.trips = math.prod(src.shape[ax] for ax in loops)
+      steps = src.shape[ax] // self.width if self.reduce_lanes and ax == axes[-1] else src.shape[ax]
+      loops[ax] = Lin.of(Var(f"r{ax}", 0, steps - 1))
+      lines.append(f"for (int r{ax} = 0; r{ax} < {steps}; r{ax}++) {{")
+      trips *= steps
+    if self.reduce_lanes: loops[axes[-1]] = loops[axes[-1]] * self.width + Lin.of(self.lane)
+    self.lines, self.scopes, self.trips = lines, [{}], trips
+    header = len(lines)
     for values in itertools.product(*(range(src.shape[ax]) for ax in unrolled)):
       fixed = {**loops, **{ax: Lin.of(v) for ax, v in zip(unrolled, values)}}
       for _, idx, valid, acc in self.pending:
         inner = tuple(fixed.get(ax, i) for ax, i in enumerate(idx))
         v = self.value(src, inner, valid)
-        self.lines.append(f"{acc} = {acc} + {v};" if n.op is Op.SUM else f"{acc} = ({v}>{acc}?{v}:{acc});")
-        self.flops += self.trips
-    return self.lines + ["}"] * len(loops)
+        if self.reduce_lanes: self.lines.append(f"{sums[acc]} = {sums[acc]} + {v};")
+        elif n.op is Op.SUM: self.lines.append(f"{acc} = {acc} + {v};")
+        elif acc in self.vectors: self.lines.append(f"{acc} = fmax({acc},{self.as_vector(v)});")
+        else: self.lines.append(f"{acc} = ({v}>{acc}?{v}:{acc});")
+        self.flops += self.trips * (self.width if acc in self.vectors or self.reduce_lanes else 1)
+    self.loop_statements = (len(self.lines) - header) * self.trips
+    self.lines += ["}"] * len(loops)
+    if self.reduce_lanes:
+      self.lines += [f"float {acc} = " + "+".join(f"{sums[acc]}.s{i:x}" for i in range(self.width)) + ";"
+                     for *_, acc in self.pending]
+    return self.lines
 
 
 def program_source(kernels: list[Kernel], half_math: bool = False) -> str:
@@ -203,19 +267,32 @@ def kernel_name(item: ScheduleItem) -> str:
   return f"r_{dims}_{math.prod(reduces[0].src[0].shape[a] for a in reduces[0].arg)}"
 
 
-def tile_candidates(item: ScheduleItem) -> list[dict[int, int]]:
-  """Ways to give each work item several neighbouring outputs ({output axis: tile}) when the kernel has a fused
-  reduce: one or two axes, each tiled by its largest divisor among 8, 4, 5, 3, 2 (or by 4 where 8 divides);
-  at most 32 outputs; smallest first."""
-  if not any(n.op in REDUCE for n in _kernel_nodes(item)): return [{}]
+def lane_axis_of(shape: tuple) -> int:
+  """The axis put in vector lanes: the last one longer than 1 (its elements are contiguous)."""
+  return max([a for a, s in enumerate(shape) if s > 1], default=len(shape) - 1)
+
+
+def variants(item: ScheduleItem) -> list[tuple[dict, int, bool]]:
+  """Ways to render a kernel with a fused reduce: (tiles, width, reduce_lanes). Each work item computes
+  `tiles[axis]` neighbouring outputs along one or two axes (a small divisor of the axis); `width` > 1 puts the last
+  axis in vector lanes (lane_axis_of), or with `reduce_lanes` the innermost reduce axis (vector partial sums).
+  At most 32 scalar outputs or 64 vector lanes per work item; at least 8 work items."""
+  if not any(n.op in REDUCE for n in _kernel_nodes(item)): return [({}, 1, False)]
   shape = item.out.shape
+  lane_axis = lane_axis_of(shape)
   singles = []
   for a, s in enumerate(shape):
     divisors = [t for t in (8, 4, 5, 3, 2) if s % t == 0 and s > 1]
     singles += [{a: t} for t in divisors[:2 if divisors[:1] == [8] else 1]]
-  pairs = [{**x, **y} for i, x in enumerate(singles) for y in singles[i + 1:] if x.keys() != y.keys()]
-  options = [{}] + sorted(singles + [p for p in pairs if math.prod(p.values()) <= 32], key=lambda o: math.prod(o.values()))
-  return [o for o in options if item.out.size // math.prod(o.values(), start=1) >= 8] or [{}]
+  tilings = [{}] + singles + [{**x, **y} for i, x in enumerate(singles) for y in singles[i + 1:] if x.keys() != y.keys()]
+  out = []
+  for tiles in tilings:
+    count = math.prod(tiles.values(), start=1)
+    if item.out.size // count < 8: continue
+    if tiles.get(lane_axis) in (2, 4, 8) and count <= 64: out.append((tiles, tiles[lane_axis], False))
+    if count <= 32: out.append((tiles, 1, False))
+    if count <= 8: out.append((tiles, 8, True))
+  return out or [({}, 1, False)]
 
 
 def _kernel_nodes(item: ScheduleItem) -> list[Node]:
@@ -229,49 +306,60 @@ def _kernel_nodes(item: ScheduleItem) -> list[Node]:
   return out
 
 
-def render(item: ScheduleItem, half_math: bool = False, name: str | None = None) -> Kernel:
-  """OpenCL source and launch sizes for one schedule item: of the tilings offered, the one whose loop reads the
-  fewest values per output."""
-  best = None
-  for tiles in tile_candidates(item):
-    r, size, lines = _render_tiled(item, tiles, half_math)
-    loop_loads = sum("data" in line for line in lines if line.startswith("float v") or line.startswith("int v"))
-    cost = loop_loads / math.prod(tiles.values(), start=1)
-    if best is None or cost < best[0]: best = (cost, r, size, lines)
-  _, r, size, lines = best
-  return _kernel(item, r, size, lines, name or kernel_name(item))
+def render(item: ScheduleItem, half_math: bool = False, name: str | None = None, choose=None) -> Kernel:
+  """OpenCL source and launch sizes for one schedule item. Every variant that renders is a candidate; `choose`
+  (a list of Kernels -> index, e.g. timing them on the device) picks one, else the one whose reduce executes the
+  fewest statements per output does (a proxy for instructions: a vector statement counts once)."""
+  name = name or kernel_name(item)
+  candidates = []
+  for tiles, width, reduce_lanes in variants(item):
+    try: r, grid, lines = _render_tiled(item, tiles, half_math, width, reduce_lanes)
+    except NotVectorizable: continue
+    candidates.append((r.loop_statements / math.prod(tiles.values(), start=1), _kernel(item, r, grid, lines, name)))
+  candidates.sort(key=lambda c: c[0])
+  kernels = [k for _, k in candidates]
+  return kernels[choose(kernels) if choose is not None and len(kernels) > 1 else 0]
 
 
-def _render_tiled(item: ScheduleItem, tiles: dict, half_math: bool):
+def _render_tiled(item: ScheduleItem, tiles: dict, half_math: bool, width: int = 1, reduce_lanes: bool = False):
   out = item.out
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
-  size = max(math.prod(grid), 1)
-  r = _Renderer(item, half_math)
-  gid = Lin.of(Var("gid", 0, size - 1))
-  base = [Lin() if s == 1 else (gid // st) % s for s, st in zip(grid, contiguous_strides(grid))]
+  inner = lane_axis_of(grid)
+  nx, ny = (grid[inner] if grid else 1), max(math.prod(grid), 1) // (grid[inner] if grid else 1)
+  r = _Renderer(item, half_math, width, reduce_lanes)
+  gx, gy = Lin.of(Var("gx", 0, nx - 1)), Lin.of(Var("gy", 0, ny - 1))
+  outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
+  base = [gx if a == inner else Lin() if s == 1 else (gy // st) % s
+          for a, (s, st) in enumerate(zip(outer, contiguous_strides(outer)))]
   root = out.src[0] if out.op is Op.CONTIGUOUS else out
+  lane_axis = lane_axis_of(out.shape)
+  scalar_tiles = {a: t for a, t in tiles.items() if width == 1 or reduce_lanes or a != lane_axis}
+  if width > 1 and not reduce_lanes: base[lane_axis] = base[lane_axis] * width + Lin.of(r.lane)
   stores = []
-  for offsets in itertools.product(*(range(t) for t in tiles.values())):
+  for offsets in itertools.product(*(range(t) for t in scalar_tiles.values())):
     idx = list(base)
-    for (a, t), o in zip(tiles.items(), offsets): idx[a] = base[a] * t + o
+    for (a, t), o in zip(scalar_tiles.items(), offsets): idx[a] = base[a] * t + o
     v = r.value(root, tuple(idx), ())
-    where = Lin()
-    for i, st in zip(idx, contiguous_strides(out.shape)): where = where + i * st
-    stores.append(f"vstore_half({v},{where.render()},data0);" if out.dtype.type is np.float16 and not half_math
-                  else f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
+    where = Lin.combine(zip(idx, contiguous_strides(out.shape)))
+    if width > 1 and not reduce_lanes:
+      if out.dtype != np.float32: raise NotVectorizable("non-float32 output")
+      stores.append(f"vstore{width}({r.as_vector(v)},0,data0+{where.split_var(r.lane)[1].render()});")
+    elif out.dtype.type is np.float16 and not half_math: stores.append(f"vstore_half({v},{where.render()},data0);")
+    else: stores.append(f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
   post = r.lines
-  return r, size, r.reduce_loop() + post + stores
+  return r, (nx, ny), r.reduce_loop() + post + stores
 
 
-def _kernel(item: ScheduleItem, r: _Renderer, size: int, lines: list, name: str) -> Kernel:
-  out = item.out
-  local = pick_local_size(size)
-  global_size = -(-size // local) * local
+def _kernel(item: ScheduleItem, r: _Renderer, grid: tuple, lines: list, name: str) -> Kernel:
+  out, (nx, ny) = item.out, grid
+  local = pick_local_size(nx, ny)
+  padded = -(-nx // local) * local
   params = [f"__global {ctype(out.dtype)}* restrict data0"]
   params += [f"const __global {ctype(n.dtype)}* restrict data{r.args[id(n)]}" for n in item.loads]
   body = "\n  ".join(lines)
-  guard = f"\n  if (gid >= {size}) return;" if global_size != size else ""
+  guard = f"\n  if (gx >= {nx}) return;" if padded != nx else ""
   source = (f"__kernel __attribute__((reqd_work_group_size({local},1,1)))\n"
-            f"void {name}({', '.join(params)}) {{\n  int gid = get_global_id(0);{guard}\n  {body}\n}}\n")
+            f"void {name}({', '.join(params)}) {{\n  int gx = get_global_id(0), gy = get_global_id(1);{guard}\n"
+            f"  {body}\n}}\n")
   nbytes = out.nbytes + sum(n.nbytes for n in item.loads)
-  return Kernel(name, source, global_size, local, out, list(item.loads), r.flops * size, nbytes)
+  return Kernel(name, source, (padded, ny), (local, 1), out, list(item.loads), r.flops * nx * ny, nbytes)

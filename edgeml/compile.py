@@ -14,6 +14,7 @@ from edgeml.ops import Op
 from edgeml.realize import realize
 from edgeml.schedule import schedule
 from edgeml.tensor import Tensor
+from edgeml.tune import Tuner
 
 ALIGN = 512   # bytes; covers CL_DEVICE_MEM_BASE_ADDR_ALIGN of the targets (4096 bits on NVIDIA)
 TARGETS = ("pocl", "nvidia", "adreno")
@@ -54,7 +55,9 @@ class Compiled:
     self.spec, self.folded, self.planned, self.unplanned, self.lower_bound = spec, folded, planned, unplanned, lower_bound
 
 
-def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target: str = "pocl") -> Compiled:
+def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target: str = "pocl", tune: bool = False,
+                  log=None) -> Compiled:
+  """With `tune`, each sizeable kernel's variants are timed on the default device and the fastest kept."""
   if target not in TARGETS: raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
   for name, t in inputs.items():
     if not _is_placeholder(t.node): raise ValueError(f"input {name!r} is not a placeholder (use edgeml.compile.placeholder)")
@@ -93,8 +96,9 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   offsets, arena_size = plan_arena(intervals, ALIGN)
   for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
 
-  kernels = [render(it, name=f"k{i}_{kernel_name(it)}") for i, it in enumerate(items)]
-  specs = [KernelSpec(k.name, (k.global_size,), (k.local_size,),
+  choose = Tuner(dev, log) if tune else None
+  kernels = [render(it, name=f"k{i}_{kernel_name(it)}", choose=choose) for i, it in enumerate(items)]
+  specs = [KernelSpec(k.name, k.global_size, k.local_size,
                       [("buffer", buffer_of[id(k.out)])] + [("buffer", buffer_of[id(n)]) for n in k.loads], k.flops, k.bytes)
            for k in kernels]
   spec = ProgramSpec(target=target, compiler_version=edgeml.__version__, source=program_source(kernels),

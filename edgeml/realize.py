@@ -12,9 +12,9 @@ from edgeml.codegen import render, program_source
 DEBUG = int(os.environ.get("EDGEML_DEBUG", "0"))
 
 
-def kernel_line(name: str, global_size: int, local_size: int, seconds: float, flops: int, nbytes: int) -> str:
-  us = seconds * 1e6
-  return (f"{name:<28} g={global_size:<8} l={local_size:<3} {us:9.1f} us {flops / max(seconds, 1e-9) / 1e9:8.2f} GFLOP/s "
+def kernel_line(name: str, global_size: tuple, local_size: tuple, seconds: float, flops: int, nbytes: int) -> str:
+  us, launch = seconds * 1e6, "x".join(map(str, global_size)) + "/" + "x".join(map(str, local_size))
+  return (f"{name:<28} {launch:<16} {us:9.1f} us {flops / max(seconds, 1e-9) / 1e9:8.2f} GFLOP/s "
           f"{nbytes / max(seconds, 1e-9) / 1e9:7.2f} GB/s")
 
 
@@ -36,7 +36,7 @@ def realize(outputs: list, stats: list | None = None) -> None:
     buf = dev.alloc(k.out.nbytes)
     kernel = dev.kernel(source, k.name)
     kernel.set_args(buf, *[n.buffer for n in k.loads])
-    event = cl.enqueue_nd_range_kernel(dev.queue, kernel, (k.global_size,), (k.local_size,))
+    event = cl.enqueue_nd_range_kernel(dev.queue, kernel, k.global_size, k.local_size)
     if DEBUG >= 2 or stats is not None:
       event.wait()
       seconds = (event.profile.end - event.profile.start) * 1e-9

@@ -17,6 +17,7 @@ class Var:
 
   def bounds(self): return self.lo, self.hi
   def render(self): return self.name
+  def uses(self, var) -> bool: return self == var
   @property
   def key(self): return (0, self.name)
 
@@ -32,6 +33,7 @@ class FloorDiv:
 
   @property
   def key(self): return (1, self.num.key, self.den)
+  def uses(self, var) -> bool: return self.num.uses(var)
 
   def render(self):
     n = self.num.render()
@@ -48,6 +50,7 @@ class Mod:
 
   @property
   def key(self): return (2, self.num.key, self.den)
+  def uses(self, var) -> bool: return self.num.uses(var)
 
   def render(self):
     n = self.num.render()
@@ -131,6 +134,13 @@ class Lin:
     return Lin.of(Mod(rest, k))
 
   def is_const(self): return not self.terms
+  def uses(self, var) -> bool: return any(a.uses(var) for a, _ in self.terms)
+
+  def split_var(self, var) -> tuple[int, Lin]:
+    """(coefficient, rest) with self = coefficient * var + rest; coefficient None when var also sits inside a
+    division or modulo."""
+    rest = Lin._make({a: c for a, c in self.terms if a != var}, self.const)
+    return (None if rest.uses(var) else dict(self.terms).get(var, 0)), rest
 
   def render(self) -> str:
     parts = [a.render() if c == 1 else f"{a.render()}*{c}" for a, c in self.terms]

@@ -1,6 +1,6 @@
 """edgeml-compile: an ONNX model to a self-contained artifact (kernels, launch list, buffer plan, weights).
 
-  edgeml-compile model.onnx -o model.edgeml [--shape input=1x3x224x224] [--target pocl|nvidia|adreno]
+  edgeml-compile model.onnx -o model.edgeml [--shape input=1x3x224x224] [--target pocl|nvidia|adreno] [--tune]
 """
 import argparse
 import os
@@ -20,7 +20,8 @@ def parse_shapes(items: list[str]) -> dict:
   return shapes
 
 
-def compile_model(model_path: str, out_path: str, shapes: dict | None = None, target: str = "pocl", log=print):
+def compile_model(model_path: str, out_path: str, shapes: dict | None = None, target: str = "pocl", tune: bool = False,
+                  log=print):
   """Compile and write the artifact; returns the Compiled result. Progress goes to `log`."""
   from edgeml.compile import compile_graph, placeholder
   from edgeml.onnx import OnnxModel
@@ -30,7 +31,8 @@ def compile_model(model_path: str, out_path: str, shapes: dict | None = None, ta
   inputs = {name: placeholder(name, shape, dtype) for name, shape, dtype in model.inputs}
   log(f"[1/3] imported {model_path}: inputs {', '.join(f'{n} {s} {d}' for n, s, d in model.inputs)}")
   outputs = model(inputs)
-  result = compile_graph(inputs, outputs, target=target)
+  if tune: log("      tuning: timing kernel variants on the device (cached for next time)")
+  result = compile_graph(inputs, outputs, target=target, tune=tune, log=log)
   spec = result.spec
   log(f"[2/3] {len(spec.kernels)} kernels ({result.folded} constant kernels folded), "
       f"arena {result.planned:,} B planned for {result.unplanned:,} B of intermediates "
@@ -47,11 +49,13 @@ def main(argv=None):
   ap.add_argument("-o", "--output", help="artifact path (default: the model's name with .edgeml)")
   ap.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...", help="fix an input's shape")
   ap.add_argument("--target", default="pocl", choices=["pocl", "nvidia", "adreno"])
+  ap.add_argument("--tune", action="store_true", help="time each kernel's variants on this machine's device and keep "
+                  "the fastest (slower compile, cached)")
   args = ap.parse_args(argv)
   if not os.path.isfile(args.model): raise SystemExit(f"edgeml-compile: no such model file: {args.model}")
   out = args.output or os.path.splitext(args.model)[0] + ".edgeml"
   try:
-    compile_model(args.model, out, parse_shapes(args.shape), args.target)
+    compile_model(args.model, out, parse_shapes(args.shape), args.target, args.tune)
   except (ValueError, NotImplementedError) as e:
     print(f"edgeml-compile: {args.model}: {e}", file=sys.stderr)
     raise SystemExit(1)

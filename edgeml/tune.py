@@ -1,0 +1,71 @@
+"""Compile-time search: time the rendered variants of a kernel on the device and keep the fastest.
+
+Only kernels doing real work are timed (the rest keep the code generator's first choice); each kernel's variants are
+built as one program, run once to trigger code generation, then timed from OpenCL events. Choices are cached on disk
+by device and sources, so compiling the same model again costs nothing extra.
+"""
+import hashlib
+import json
+import os
+import pyopencl as cl
+from compiled.device import Device, cache_dir
+from edgeml.codegen import Kernel, program_source
+
+MIN_FLOPS = 2_000_000   # smaller kernels are not worth a build
+TRIES = 6               # variants timed, in the code generator's order of preference
+RUNS = 3
+
+
+class Tuner:
+  def __init__(self, device: Device, log=None):
+    self.device, self.log = device, log
+    self.path = os.path.join(cache_dir(), "tune.json")
+    try:
+      with open(self.path) as f: self.cache = json.load(f)
+    except (OSError, ValueError): self.cache = {}
+    self.scratch: dict[int, cl.Buffer] = {}
+    self.timed = 0
+
+  def __call__(self, kernels: list[Kernel]) -> int:
+    if kernels[0].flops < MIN_FLOPS: return 0
+    kernels = kernels[:TRIES]
+    key = hashlib.sha256("\0".join([self.device.name] + [k.source for k in kernels]).encode()).hexdigest()
+    if key not in self.cache:
+      times = self._time(kernels)
+      self.cache[key] = min(range(len(kernels)), key=times.__getitem__)
+      self.timed += 1
+      if self.log: self.log(f"  tuned {kernels[0].name}: " + ", ".join(f"{t * 1e6:.0f}" for t in times) + " us")
+      self._save()
+    return self.cache[key]
+
+  def _buffer(self, nbytes: int, role: int) -> cl.Buffer:
+    """Zero-filled scratch for arguments that have no data at compile time (inputs, intermediates)."""
+    if (role, nbytes) not in self.scratch:
+      buf = self.device.alloc(nbytes)
+      cl.enqueue_fill_buffer(self.device.queue, buf, b"\0\0\0\0", 0, max(nbytes, 4) // 4 * 4)
+      self.scratch[(role, nbytes)] = buf
+    return self.scratch[(role, nbytes)]
+
+  def _time(self, kernels: list[Kernel]) -> list[float]:
+    renamed = [Kernel(f"{k.name}_v{i}", k.source.replace(f"void {k.name}(", f"void {k.name}_v{i}(", 1), k.global_size,
+                      k.local_size, k.out, k.loads, k.flops, k.bytes) for i, k in enumerate(kernels)]
+    program = self.device.build(program_source(renamed))
+    args = [self._buffer(kernels[0].out.nbytes, 0)] + [
+      n.buffer if n.buffer is not None else self._buffer(n.nbytes, i + 1) for i, n in enumerate(kernels[0].loads)]
+    times = []
+    for k in renamed:
+      kernel = cl.Kernel(program, k.name)
+      kernel.set_args(*args)
+      best = float("inf")
+      for i in range(RUNS + 1):
+        event = cl.enqueue_nd_range_kernel(self.device.queue, kernel, k.global_size, k.local_size)
+        event.wait()
+        if i: best = min(best, (event.profile.end - event.profile.start) * 1e-9)
+      times.append(best)
+    return times
+
+  def _save(self):
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    tmp = f"{self.path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f: json.dump(self.cache, f)
+    os.replace(tmp, self.path)
