@@ -22,14 +22,16 @@ class Service:
   logged: bool    # recorded by `edgeml-bus record` by default
 
 
-# queue: about a second of messages; camera notices fewer, since the pool overwrites old frames anyway.
+# queue: about two seconds of messages, at least 100. A publisher learns what its subscribers have read
+# only in batches of half the queue, and at most once a millisecond: a burst faster than that drops
+# messages at a small high-water mark even when every subscriber keeps up (measured: 3% lost at 32).
 SERVICES = {s.name: s for s in (
-    Service("roadCameraState", "cameraFrame", 20.0, queue=8, logged=True),
-    Service("wideRoadCameraState", "cameraFrame", 20.0, queue=8, logged=True),
-    Service("modelOutput", "modelOutput", 20.0, queue=20, logged=True),
-    Service("liveCalibration", "calibration", 4.0, queue=8, logged=True),
-    Service("robotState", "robotState", 100.0, queue=100, logged=True),
-    Service("heartbeat", "heartbeat", 1.0, queue=4, logged=False),
+  Service("roadCameraState", "cameraFrame", 20.0, queue=100, logged=True),
+  Service("wideRoadCameraState", "cameraFrame", 20.0, queue=100, logged=True),
+  Service("modelOutput", "modelOutput", 20.0, queue=100, logged=True),
+  Service("liveCalibration", "calibration", 4.0, queue=100, logged=True),
+  Service("robotState", "robotState", 100.0, queue=200, logged=True),
+  Service("heartbeat", "heartbeat", 1.0, queue=100, logged=False),
 )}
 
 TCP_BASE_PORT = 8600
