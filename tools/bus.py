@@ -65,8 +65,7 @@ def echo(args):
   shown = 0
   for name, _, data in receive([args.service], args.time):
     try:
-      with decode(name, data) as event:
-        print(event, flush=True)
+      print(decode(name, data), flush=True)
     except MessageError as e:
       print(f"malformed: {e}", file=sys.stderr)
     shown += 1
