@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ipc.messaging import PubMaster, SubMaster, new_message
+from ipc.messaging import MessageError, PubMaster, new_message, parse, recv_within, sub_socket
 from ipc.services import camera_service, prefix
 
 SHM_DIR = "/dev/shm"
@@ -96,12 +96,13 @@ class Pool:
     self.layout = Layout(width, height, stride, buffers)
     if buffer_bytes != self.layout.buffer_bytes or size != self.layout.file_bytes:
       raise ValueError(f"{path}: header does not match the file size")
-    self.seqs = np.ndarray((buffers, 2), np.uint64, buffer=self.mm, offset=SEQ_OFFSET)
+    self.seqs = memoryview(self.mm)[SEQ_OFFSET:SEQ_OFFSET + 16 * buffers].cast("Q")  # start, end, start, ...
+    self.views = [self._planes(i) for i in range(buffers)]  # fixed: made once, shared by every frame
 
   def buffer(self, index: int) -> np.ndarray:
     return np.ndarray(self.layout.frame_bytes, np.uint8, buffer=self.mm, offset=self.layout.offset(index))
 
-  def planes(self, index: int):
+  def _planes(self, index: int):
     """Zero-copy (Y, UV) views: Y is (height, width), UV is (height/2, width) interleaved U,V."""
     lay, base = self.layout, self.layout.offset(index)
     y = np.ndarray((lay.height, lay.width), np.uint8, buffer=self.mm, offset=base, strides=(lay.stride, 1))
@@ -160,6 +161,9 @@ class FrameServer:
     self.pool = Pool(self.path, writable=True)
     self._remove_pool = weakref.finalize(self, _remove_if_ours, self.path, self.pool.inode)  # also at exit
     self.pm = PubMaster([self.service])
+    lay = self.pool.layout
+    self.notice = new_message(self.service, camera=camera, width=lay.width, height=lay.height, stride=lay.stride,
+                              format=fmt, pool=os.path.basename(self.path), poolId=self.pool.pool_id)
     self.seq = 0           # sequence of the frame being written, over all buffers
     self.frame_id = 0
     self.index = -1        # buffer being written
@@ -176,25 +180,25 @@ class FrameServer:
     """The next buffer as a flat, writable uint8 view, already marked as being overwritten."""
     self.index = (self.index + 1) % self.pool.layout.buffers
     self.seq += 1
-    self.pool.seqs[self.index, 0] = self.seq  # start: readers of the old frame see it is gone
+    self.pool.seqs[2 * self.index] = self.seq  # start: readers of the old frame see it is gone
     return self.pool.buffer(self.index)
 
   def publish(self, frame_id: int | None = None, timestamp_sof: int | None = None,
               timestamp_eof: int | None = None) -> int:
     """Mark the buffer from next_buffer() complete and announce it. Returns the frame id."""
-    if self.index < 0 or self.pool.seqs[self.index, 1] == self.seq:
+    if self.index < 0 or self.pool.seqs[2 * self.index + 1] == self.seq:
       raise RuntimeError("publish() needs a buffer from next_buffer() first")
-    self.pool.seqs[self.index, 1] = self.seq  # end: the pixels before it are complete
+    self.pool.seqs[2 * self.index + 1] = self.seq  # end: the pixels before it are complete
     self.frame_id = self.frame_id + 1 if frame_id is None else frame_id
-    lay = self.pool.layout
-    eof = time.monotonic_ns() if timestamp_eof is None else timestamp_eof
-    msg = new_message(
-        self.service, camera=self.camera, frameId=self.frame_id,
-        timestampSof=eof if timestamp_sof is None else timestamp_sof, timestampEof=eof,
-        width=lay.width, height=lay.height, stride=lay.stride, format="nv12",
-        pool=os.path.basename(self.path), poolId=self.pool.pool_id,
-        bufferIndex=self.index, bufferSeq=self.seq)
-    self.pm.send(self.service, msg)
+    notice = self.notice  # one message reused: only its numbers change, so nothing piles up in it
+    notice.logMonoTime = time.monotonic_ns()
+    fields = notice.cameraFrame
+    fields.frameId = self.frame_id
+    fields.timestampEof = notice.logMonoTime if timestamp_eof is None else timestamp_eof
+    fields.timestampSof = fields.timestampEof if timestamp_sof is None else timestamp_sof
+    fields.bufferIndex, fields.bufferSeq = self.index, self.seq
+    self.pm.send(self.service, notice)
+    notice.clear_write_flag()  # pycapnp warns when a message is serialized twice, unless told
     return self.frame_id
 
   def send(self, pixels: np.ndarray, **stamps) -> int:
@@ -218,7 +222,6 @@ class FrameServer:
     self.close()
 
 
-
 @dataclass
 class Frame:
   """One camera frame as zero-copy, read-only views into the pool."""
@@ -234,7 +237,7 @@ class Frame:
 
   def still_valid(self) -> bool:
     """False once the server has begun to reuse this buffer: pixels read before now may be torn."""
-    return int(self.pool.seqs[self.index, 0]) == self.seq
+    return self.pool.seqs[2 * self.index] == self.seq
 
 
 class FrameClient:
@@ -244,8 +247,9 @@ class FrameClient:
   def __init__(self, camera: str, timeout_s: float = 5.0):
     self.camera, self.service = camera, camera_service(camera).name
     self.path = pool_path(camera)
-    self.sm = SubMaster([self.service], poll=self.service)
+    self.sock = sub_socket(self.service)  # keep-latest: recv() gives the newest frame
     self.overwritten = 0   # notices whose buffer was already reused when they were read
+    self.errors = 0        # malformed notices
     deadline = time.monotonic() + timeout_s
     while True:
       try:
@@ -253,16 +257,23 @@ class FrameClient:
         break
       except (FileNotFoundError, ValueError):
         if time.monotonic() > deadline:
-          self.sm.close()
+          self.sock.close()
           raise TimeoutError(f"no frame pool for camera {camera!r} at {self.path} after "
                              f"{timeout_s} s: is its FrameServer running?") from None
         time.sleep(0.02)
 
   def recv(self, timeout_ms: int = 100) -> Frame | None:
-    """The newest frame announced within timeout_ms, or None."""
-    if not self.sm.update(timeout_ms):
+    """The newest frame announced within timeout_ms, or None. (A process that also needs other
+    services can take the notices from its SubMaster and pass them to view() instead.)"""
+    data = recv_within(self.sock, timeout_ms)
+    if data is None:
       return None
-    return self.view(self.sm[self.service], self.sm.logMonoTime[self.service])
+    try:
+      event, notice = parse(data, "cameraFrame")
+    except MessageError:
+      self.errors += 1
+      return None
+    return self.view(notice, event.logMonoTime)
 
   def view(self, notice, log_mono_time: int = 0) -> Frame | None:
     """The frame a cameraFrame notice names, or None if its buffer has been reused already."""
@@ -275,13 +286,13 @@ class FrameClient:
         return None  # a notice from a server that is gone
       self.pool = pool  # the old mapping lives on in frames still holding it
     index, seq = notice.bufferIndex, notice.bufferSeq
-    y, uv = self.pool.planes(index)
+    y, uv = self.pool.views[index]
     frame = Frame(y, uv, notice.frameId, notice.timestampSof, notice.timestampEof, log_mono_time,
                   index, seq, self.pool)
-    if int(self.pool.seqs[index, 1]) != seq or not frame.still_valid():
+    if not frame.still_valid():  # start moved on: the server is rewriting or has rewritten it
       self.overwritten += 1
       return None
     return frame
 
   def close(self):
-    self.sm.close()
+    self.sock.close()
