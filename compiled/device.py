@@ -82,7 +82,9 @@ class Device:
       binary_path = None if self.is_pocl else self._binary_path(source, options)
       if (prg := self._from_binary(binary_path, options)) is None:
         try: prg = cl.Program(self.ctx, source).build(options)
-        except cl.RuntimeError as e: raise DeviceError(f"OpenCL build failed on {self.name}:\n{e}\n--- source ---\n{source}") from e
+        except cl.RuntimeError:  # once more: PoCL's kernel cache can trip over another process's build (pocl#430)
+          try: prg = cl.Program(self.ctx, source).build(options)
+          except cl.RuntimeError as e: raise DeviceError(f"OpenCL build failed on {self.name}:\n{e}\n--- source ---\n{source}") from e
         if binary_path: _write_atomic(binary_path, prg.binaries[0])
       self._programs[(source, options)] = prg
     return prg

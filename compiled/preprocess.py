@@ -49,7 +49,8 @@ __kernel void warp_yuv6(__global const uchar *src, int width, int height, int st
   __global float *o = out + offset + y * w2 + x;
   for (int dy = 0; dy < 2; dy++)
     for (int dx = 0; dx < 2; dx++)
-      o[(2 * dy + dx) * plane] = sample(src, stride, 1, width, height, project(m, (float)(2 * x + dx), (float)(2 * y + dy)));
+      o[(2 * dy + dx) * plane] = sample(src, stride, 1, width, height,
+                                        project(m, (float)(2 * x + dx), (float)(2 * y + dy)));
   __global const uchar *uv = src + stride * height;
   float2 s = project(m + 9, (float)x, (float)y);
   o[4 * plane] = sample(uv, stride, 2, width / 2, height / 2, s);

@@ -169,8 +169,8 @@ def test_outputs_invalid_until_calibration_when_required(spawn, model, tmp_path)
 
 def test_sigterm_while_waiting_for_a_camera_exits_cleanly(spawn, model):
   modeld = spawn("tools.modeld", str(model))
-  time.sleep(0.5)  # not a threshold: SIGTERM may arrive during startup or while waiting, both must be clean
-  rc, printed = stop(modeld)
+  assert select.select([modeld.stdout], [], [], WAIT_S)[0] and modeld.stdout.readline().startswith("modeld: ")
+  rc, printed = stop(modeld)  # no camera yet: it is waiting for the pool
   assert rc == 0, printed
 
 
@@ -215,12 +215,13 @@ def test_two_cameras_matched_by_frame_id(spawn, tmp_path):
   rng = np.random.default_rng(1)
   inits, nodes = [], []
   for name, shape in shapes.items():
-    inits.append(numpy_helper.from_array(rng.standard_normal((int(np.prod(shape)), 8)).astype(np.float32) / 1e3, f"w_{name}"))
+    weights = rng.standard_normal((int(np.prod(shape)), 8)).astype(np.float32) / 1e3
+    inits.append(numpy_helper.from_array(weights, f"w_{name}"))
     nodes += [helper.make_node("Flatten", [name], [f"flat_{name}"]),
               helper.make_node("MatMul", [f"flat_{name}", f"w_{name}"], [f"out_{name}"])]
-  graph = helper.make_graph(nodes, "two_cameras",
-                            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
-                            [helper.make_tensor_value_info(f"out_{n}", TensorProto.FLOAT, [1, 8]) for n in shapes], inits)
+  value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+  graph = helper.make_graph(nodes, "two_cameras", [value(n, s) for n, s in shapes.items()],
+                            [value(f"out_{n}", [1, 8]) for n in shapes], inits)
   save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
   compile_model(str(tmp_path / "two.onnx"), str(tmp_path / "two.edgeml"), log=lambda *_: None)
   (tmp_path / "two.json").write_text(json.dumps({"inputs": {"road_img": {"source": "road", "layout": "yuv6"},
@@ -255,7 +256,8 @@ def test_video_sources_loop_and_convert_to_nv12(tmp_path):
     f.write(f"YUV4MPEG2 W{w} H{h} F20:1 Ip A1:1 C420jpeg\n".encode())
     for p in planes: f.write(b"FRAME\n" + p.tobytes())
   (tmp_path / "clip.nv12").write_bytes(b"".join(p.tobytes() for p in planes))
-  y4m, raw, out = VideoFile(str(tmp_path / "clip.y4m"), None), VideoFile(str(tmp_path / "clip.nv12"), (w, h)), np.empty_like(planes[0])
+  y4m, raw = VideoFile(str(tmp_path / "clip.y4m"), None), VideoFile(str(tmp_path / "clip.nv12"), (w, h))
+  out = np.empty_like(planes[0])
   for i in range(3):  # the third frame is the first again
     p = planes[i % 2]
     y4m.read(out)

@@ -35,7 +35,8 @@ def test_table_and_trace(artifact, tmp_path, capsys):
 
 def test_rows_sorted_by_time_with_shares():
   class K:  # the fields kernel_rows reads
-    def __init__(self, name, flops): self.name, self.global_size, self.local_size, self.flops, self.bytes = name, (4,), None, flops, 8
+    def __init__(self, name, flops):
+      self.name, self.global_size, self.local_size, self.flops, self.bytes = name, (4,), None, flops, 8
 
   class P: kernels = [K("a", 10), K("b", 20)]
   rows = profile.kernel_rows(P, [[1e-6, 3e-6], [1e-6, 3e-6]])

@@ -105,7 +105,7 @@ def main(argv=None):
   ap.add_argument("--frames", type=int, default=0, help="stop after this many frame ids (default: run until killed)")
   ap.add_argument("--skip", default="", help="comma-separated frame ids not to publish (injected drops)")
   ap.add_argument("--wait-client", type=float, default=0.0, metavar="S",
-                  help="wait up to S seconds for a subscriber of the first camera before the first frame")
+                  help="wait up to S seconds for a subscriber of every camera before the first frame")
   args = ap.parse_args(argv)
   stop = []
   for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.append(1))
@@ -117,8 +117,11 @@ def main(argv=None):
     for name in args.cameras.split(","): servers.append(FrameServer(name, width, height))
     if not video:
       for server in servers: _scene(server.camera, width, height)  # built now, not inside the first tick
-    if args.wait_client and not servers[0].wait_for_client(args.wait_client):
-      print(f"camerad: no subscriber after {args.wait_client} s, publishing anyway", file=sys.stderr)
+    deadline = time.monotonic() + args.wait_client
+    for server in servers if args.wait_client else ():
+      if not server.wait_for_client(max(0.0, deadline - time.monotonic())):
+        print(f"camerad: no subscriber of {server.camera} after {args.wait_client} s, publishing anyway",
+              file=sys.stderr)
     print(f"camerad: {args.cameras} {width}x{height} at {args.rate} Hz, "
           f"{'video ' + args.video if video else 'synthetic scene'}", flush=True)
     period, start, frame_id, published = 1.0 / args.rate, time.monotonic(), 0, 0

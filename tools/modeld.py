@@ -7,7 +7,8 @@ device, check the pool buffer was not reused meanwhile, warp it into the image i
 (identity until one arrives; compiled/preprocess.py), run the program, copy each recurrent output into its input on the
 device, publish. Image inputs keep their last K frames on the device. A frame id that skips (the camera dropped, or
 this daemon was too slow for the keep-latest stream) counts into frameDropPerc, and outputs stay invalid until the
-K-frame history is consecutive again. Other cameras are matched to the first by frame id, waiting at most a period.
+K-frame history is consecutive again. Other cameras are matched to the first by frame id, waiting at most a period;
+a frame whose match does not come is skipped (and counts as dropped).
 
 modelOutput: frameId, frameAge (camera periods between the frame's end of exposure and publishing), frameDropPerc
 (dropped share of frames, filtered over about a second), modelExecutionTime (wall seconds, frame upload to outputs),
@@ -77,7 +78,8 @@ class ModelDaemon:
       program.feed_on_device(name)
       nbytes = program.input_buffer(name).nbytes
       cl.enqueue_fill_buffer(self.queue, program.device_buffer(name), np.zeros(1, np.uint8), 0, nbytes)
-      self.recurrent.append((program.device_buffer(name), program.device_buffer(out), nbytes, program.output_buffer(out)))
+      self.recurrent.append((program.device_buffer(name), program.device_buffer(out), nbytes,
+                             program.output_buffer(out)))
     self.cameras = config.cameras
     self.rate_hz = camera_service(self.cameras[0]).rate_hz
     self.history = FrameHistory(max(w.frames for w in self.warps.values()))
@@ -142,13 +144,14 @@ class ModelDaemon:
     self.outputs += 1
 
   def matching(self, camera: str, frame_id: int):
-    """The frame of `camera` with `frame_id` (or a newer one), waiting at most a period; else its newest, or None."""
+    """The frame of `camera` with `frame_id`, waiting at most a period for it; None if it does not come or that
+    camera is already past it (the first camera's frame is then skipped, and counts as dropped)."""
     client, frame = self.clients[camera], self.latest.get(camera)
     deadline = time.monotonic() + 1 / self.rate_hz
     while (frame is None or frame.frame_id < frame_id) and (left := deadline - time.monotonic()) > 0:
       frame = client.recv(max(1, int(left * 1000))) or frame
     self.latest[camera] = frame
-    return frame
+    return frame if frame is not None and frame.frame_id == frame_id else None
 
   def load(self, frames: dict) -> bool:
     """Copy each image input's frame to the device; False if one is missing or was overwritten during the copy."""
