@@ -15,6 +15,7 @@ from edgeml.lazy import Node, contiguous_strides
 from edgeml.schedule import ScheduleItem
 from edgeml.symbolic import Lin, Var
 
+FLOAT32 = np.dtype(np.float32)
 CTYPES = {np.float32: "float", np.float16: "half", np.float64: "double", np.int8: "char", np.uint8: "uchar",
           np.int16: "short", np.uint16: "ushort", np.int32: "int", np.uint32: "uint", np.int64: "long",
           np.uint64: "ulong", np.bool_: "uchar"}
@@ -150,8 +151,9 @@ class _Renderer:
     guard = (lambda read, zero: f"({render_conditions(valid)}?{read}:{zero})") if valid else (lambda read, zero: read)
     if self.width > 1 and offset.uses(self.lane):
       coef, rest = offset.split_var(self.lane)
-      if coef != 1 or n.dtype != np.float32: raise NotVectorizable("strided lanes")
-      return self.emit(n.dtype, guard(f"vload{self.width}(0,{buf}+{rest.render()})", f"((float{self.width})0.0f)"), True)
+      if coef != 1 or n.dtype.type not in (np.float32, np.float16): raise NotVectorizable("strided lanes")
+      vload = "vload_half" if n.dtype.type is np.float16 else "vload"   # half storage reads as float lanes
+      return self.emit(FLOAT32, guard(f"{vload}{self.width}(0,{buf}+{rest.render()})", f"((float{self.width})0.0f)"), True)
     read = (f"vload_half({offset.render()},{buf})" if n.dtype.type is np.float16 and not self.half_math
             else f"{buf}[{offset.render()}]")
     return self.emit(n.dtype, guard(read, literal(0, n.dtype)))

@@ -55,15 +55,34 @@ class Compiled:
     self.spec, self.folded, self.planned, self.unplanned, self.lower_bound = spec, folded, planned, unplanned, lower_bound
 
 
+def store_weights_as_half(outputs: list[Node]) -> int:
+  """Every float32 weight the graph reads becomes float16 in memory, read back as float32 by the kernels (half the
+  bytes; the math stays float32). Returns how many weights changed."""
+  dev, seen, stack, count = default_device(), set(), list(outputs), 0
+  while stack:
+    n = stack.pop()
+    if id(n) in seen: continue
+    seen.add(id(n))
+    if n.op is Op.BUFFER and n.buffer is not None and n.dtype == np.float32:
+      half = Node(Op.BUFFER, (), None, n.shape, np.float16)
+      half.set_buffer(dev.upload(dev.download(n.buffer, n.shape, n.dtype).astype(np.float16)))
+      n.op, n.src, n.buffer = Op.CAST, (half,), None      # every reader now sees float16 storage cast up
+      count += 1
+    stack.extend(n.src)
+  return count
+
+
 def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target: str = "pocl", tune: bool = False,
-                  log=None) -> Compiled:
-  """With `tune`, each sizeable kernel's variants are timed on the default device and the fastest kept."""
+                  fp16: bool = False, log=None) -> Compiled:
+  """With `tune`, each sizeable kernel's variants are timed on the default device and the fastest kept; with `fp16`,
+  weights are stored as float16."""
   if target not in TARGETS: raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
   for name, t in inputs.items():
     if not _is_placeholder(t.node): raise ValueError(f"input {name!r} is not a placeholder (use edgeml.compile.placeholder)")
   out_nodes = _output_nodes(outputs)
   folded = fold_constants(out_nodes)
   out_nodes = _output_nodes({k: Tensor(n) for k, n in zip(outputs, out_nodes)})
+  if fp16: store_weights_as_half(out_nodes)
   items = schedule(out_nodes)
 
   buffers: list[BufferSpec] = []

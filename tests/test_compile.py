@@ -119,3 +119,19 @@ def test_shape_flags_are_parsed_or_rejected_clearly():
   assert parse_shapes(["input=1x3x224x224", "b=7"]) == {"input": (1, 3, 224, 224), "b": (7,)}
   with pytest.raises(SystemExit, match="NAME=D0xD1"):
     parse_shapes(["input:1x3"])
+
+
+def test_fp16_weights_halve_the_bytes_and_stay_close(tmp_path):
+  """Half-precision weight storage: expected error is float16 rounding of the weights (rel ~1e-3 per weight)."""
+  rng = np.random.default_rng(1)
+  w = rng.standard_normal((64, 32)).astype(np.float32)
+  results = {}
+  for fp16 in (False, True):
+    x = placeholder("x", (4, 64))
+    results[fp16] = compile_graph({"x": x}, {"y": (x @ Tensor(w)).relu()}, fp16=fp16)
+  assert len(results[True].spec.weights) * 2 <= len(results[False].spec.weights) + 1024
+  write_artifact(results[True].spec, tmp_path / "h.edgeml")
+  xv = rng.standard_normal((4, 64)).astype(np.float32)
+  got = compiled.load(tmp_path / "h.edgeml").run({"x": xv})["y"]
+  np.testing.assert_allclose(got, np.maximum(xv @ w, 0), rtol=1e-2, atol=2e-2)
+  np.testing.assert_allclose(got, np.maximum(xv @ w.astype(np.float16).astype(np.float32), 0), rtol=1e-4, atol=1e-4)
