@@ -90,7 +90,8 @@ def main(argv=None):
   print("\n".join(format_rows(rows, args.top)))
   print(f"kernels: {times.sum(axis=1).mean() * 1e3:.2f} ms per run on the device (sum of medians "
         f"{sum(r['seconds'] for r in rows) * 1e3:.2f} ms), "
-        f"{sum(k.flops for k in program.kernels) / 1e9:.3f} GFLOP, {sum(k.bytes for k in program.kernels) / 1e6:.1f} MB")
+        f"{sum(k.flops for k in program.kernels) / 1e9:.3f} GFLOP, "
+        f"{sum(k.bytes for k in program.kernels) / 1e6:.1f} MB")
   print(f"end to end (inputs in, kernels, outputs out): {percentiles(wall)}")
   if args.trace:
     with open(args.trace, "w") as f: json.dump(chrome_trace(program, events), f)
