@@ -2,7 +2,9 @@
 the same OpenCL device (when the [bench] extra is installed), all measured in one run; prints median and p90 in ms
 and the ratios edgeml/tinygrad and edgeml/onnxruntime.
 
-  edgeml-bench [model.onnx ...] [--runs 50]      (default: every model in ../shared/models)
+  edgeml-bench [model.onnx ...] [--runs 50] [--fp16]      (default: every model in ../shared/models)
+
+Models are compiled with --tune (kernel variants timed on this device, cached).
 """
 import argparse
 import json
@@ -97,12 +99,12 @@ def ratio(a, b) -> str:
   return f"{np.median(a) / np.median(b):6.2f}"
 
 
-def bench_model(model: Path, runs: int, out_dir: str) -> dict:
+def bench_model(model: Path, runs: int, out_dir: str, fp16: bool = False) -> dict:
   import compiled
   from tools.compile import compile_model
   artifact = os.path.join(out_dir, model.stem + ".edgeml")
-  print(f"compiling {model.name} ...", file=sys.stderr, flush=True)
-  compile_model(str(model), artifact, log=lambda *_: None)
+  print(f"compiling {model.name} (--tune{' --fp16' if fp16 else ''}) ...", file=sys.stderr, flush=True)
+  compile_model(str(model), artifact, tune=True, fp16=fp16, log=lambda *_: None)
   prog = compiled.load(artifact)
   feeds = feeds_for(model, prog.inputs)
   print(f"timing {model.name}: edgeml, onnxruntime x2 / x1, tinygrad ...", file=sys.stderr, flush=True)
@@ -116,6 +118,7 @@ def main(argv=None):
   ap = argparse.ArgumentParser(prog="edgeml-bench", description=__doc__.split("\n")[0])
   ap.add_argument("models", nargs="*", help=".onnx files (default: ../shared/models/*.onnx)")
   ap.add_argument("--runs", type=int, default=50)
+  ap.add_argument("--fp16", action="store_true", help="compile with float16 weight storage")
   args = ap.parse_args(argv)
   models = [Path(m) for m in args.models] or sorted(SHARED_MODELS.glob("*.onnx"))
   if not models: raise SystemExit("edgeml-bench: no models given and ../shared/models has none")
@@ -123,7 +126,7 @@ def main(argv=None):
   print(f"device: {default_device().name}; {args.runs} runs each; times in ms (median, p90)")
   rows = {}
   with tempfile.TemporaryDirectory() as tmp:
-    for m in models: rows[m.stem] = bench_model(m, args.runs, tmp)
+    for m in models: rows[m.stem] = bench_model(m, args.runs, tmp, args.fp16)
   head = f"{'model':<16} {'edgeml':>19} {'tinygrad (CL)':>19} {'onnxruntime x2':>19} {'onnxruntime x1':>19} {'e/tiny':>6} {'e/ort2':>6}"
   print(head)
   print("-" * len(head))
