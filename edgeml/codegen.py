@@ -151,9 +151,12 @@ class _Renderer:
     guard = (lambda read, zero: f"({render_conditions(valid)}?{read}:{zero})") if valid else (lambda read, zero: read)
     if self.width > 1 and offset.uses(self.lane):
       coef, rest = offset.split_var(self.lane)
-      if coef != 1 or n.dtype.type not in (np.float32, np.float16): raise NotVectorizable("strided lanes")
-      vload = "vload_half" if n.dtype.type is np.float16 else "vload"   # half storage reads as float lanes
-      return self.emit(FLOAT32, guard(f"{vload}{self.width}(0,{buf}+{rest.render()})", f"((float{self.width})0.0f)"), True)
+      if coef not in (1, 2) or n.dtype.type not in (np.float32, np.float16): raise NotVectorizable("strided lanes")
+      vload, w, at = ("vload_half" if n.dtype.type is np.float16 else "vload"), self.width, f"{buf}+{rest.render()}"
+      read = f"{vload}{w}(0,{at})"
+      if coef == 2:   # every other element (stride-2 windows): two overlapping loads that end on the last lane
+        read = f"(float{w})({vload}{w}(0,{at}).even,{vload}{w}(0,{at}+{w - 1}).odd)"
+      return self.emit(FLOAT32, guard(read, f"((float{w})0.0f)"), True)
     read = (f"vload_half({offset.render()},{buf})" if n.dtype.type is np.float16 and not self.half_math
             else f"{buf}[{offset.render()}]")
     return self.emit(n.dtype, guard(read, literal(0, n.dtype)))

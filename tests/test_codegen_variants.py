@@ -1,0 +1,58 @@
+"""Every rendering variant of a kernel (tilings, vector lanes on outputs or on the reduce axis, stride-2 lanes) must
+compute the same numbers: the tuner may pick any of them. Each variant is run on the device against numpy."""
+import numpy as np
+import pyopencl as cl
+import pytest
+from compiled.device import default_device
+from edgeml import Tensor
+from edgeml.codegen import NotVectorizable, _kernel, _render_tiled, kernel_name, program_source, variants
+from edgeml.realize import realize
+from edgeml.schedule import schedule
+
+
+def conv_ref(x, w, stride, pad):
+  n, c, h, wd = x.shape
+  co, _, k, _ = w.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+  oh, ow = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+  out = np.zeros((n, co, oh, ow))
+  for i in range(k):
+    for j in range(k):
+      out += np.einsum("nchw,oc->nohw", xp[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride], w[:, :, i, j])
+  return out
+
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((1, 4, 32, 48)).astype(np.float32)
+W3 = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+A, B, V, WT = (rng.standard_normal(s).astype(np.float32) for s in [(16, 64), (64, 24), (1, 64), (96, 64)])
+CASES = {
+  "conv3x3_pad1": (lambda: Tensor(X).conv2d(Tensor(W3), padding=1).relu(), lambda: np.maximum(conv_ref(X, W3, 1, 1), 0)),
+  "conv3x3_stride2": (lambda: Tensor(X).conv2d(Tensor(W3), stride=2, padding=1), lambda: conv_ref(X, W3, 2, 1)),
+  "matmul_silu": (lambda: (Tensor(A) @ Tensor(B)).silu(), lambda: (A @ B) / (1 + np.exp(-(A @ B)))),
+  "matvec": (lambda: Tensor(V).linear(Tensor(WT)), lambda: V @ WT.T),
+  "maxpool": (lambda: Tensor(X).max_pool2d(2), lambda: X.reshape(1, 4, 16, 2, 24, 2).max((3, 5))),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_variant_computes_the_same(case):
+  make, reference = CASES[case]
+  out = make()
+  items = schedule([out.node])
+  realize([it.out for it in items[:-1]])          # inputs of the last kernel (e.g. a zero-bordered copy)
+  item = schedule([out.node])[-1]
+  dev, want, tried, vector = default_device(), reference(), 0, 0
+  for tiles, width, reduce_lanes in variants(item):
+    try: r, grid, lines = _render_tiled(item, tiles, False, width, reduce_lanes)
+    except NotVectorizable: continue
+    k = _kernel(item, r, grid, lines, kernel_name(item))
+    kernel = cl.Kernel(dev.build(program_source([k])), k.name)
+    buf = dev.alloc(k.out.nbytes)
+    kernel.set_args(buf, *[n.buffer for n in k.loads])
+    cl.enqueue_nd_range_kernel(dev.queue, kernel, k.global_size, k.local_size)
+    got = dev.download(buf, k.out.shape, k.out.dtype).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{case} tiles={tiles} width={width} reduce_lanes={reduce_lanes}")
+    tried += 1
+    vector += width > 1
+  assert tried >= 2 and vector >= 1, (tried, vector)
