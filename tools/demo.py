@@ -102,8 +102,8 @@ def compiled_artifact(onnx_path: Path) -> Path:
   else:
     from tools.compile import compile_model
     BUILD.mkdir(exist_ok=True)
-    print(f"demo: compiling {onnx_path} (once; later runs reuse it)")
-    compile_model(str(onnx_path), str(artifact), log=lambda line: print(f"  {line}", flush=True))
+    print(f"demo: compiling {onnx_path} with --tune (once; later runs reuse it)")
+    compile_model(str(onnx_path), str(artifact), tune=True, log=lambda line: print(f"  {line}", flush=True))
   artifact.with_suffix(".json").write_text(json.dumps(drive_model.CONFIG, indent=1))
   return artifact
 
