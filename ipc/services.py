@@ -77,4 +77,3 @@ def endpoint(name: str) -> str:
   if host:
     return f"tcp://{host}:{tcp_port(name)}"
   return f"ipc://{os.path.join(runtime_dir(), name)}"
-

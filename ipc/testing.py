@@ -87,7 +87,6 @@ class Child:
     return self.proc.returncode
 
 
-
 class Children:
   """Every Child started through it is killed on exit: `with Children() as start: start(script, "role")`."""
 

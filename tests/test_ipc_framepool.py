@@ -14,14 +14,9 @@ FRAME_BYTES = W * H * 3 // 2
 
 
 @pytest.fixture(autouse=True)
-def bus():
-  with isolated_bus() as prefix:
-    yield prefix
-
-
-@pytest.fixture
 def children():
-  with Children() as start:
+  """Every test on a private bus; the child processes it starts are killed at its end."""
+  with isolated_bus(), Children() as start:
     yield start
 
 

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
 from ipc import services
 from ipc.messaging import MessageError, PubMaster, SubMaster, decode, new_message, sub_socket
@@ -15,14 +16,9 @@ from ipc.testing import Children, isolated_bus, read_command, update_until
 
 
 @pytest.fixture(autouse=True)
-def bus():
-  with isolated_bus() as prefix:
-    yield prefix
-
-
-@pytest.fixture
 def children():
-  with Children() as start:
+  """Every test on a private bus; the child processes it starts are killed at its end."""
+  with isolated_bus(), Children() as start:
     yield start
 
 
@@ -37,15 +33,28 @@ def test_unknown_service_names_the_known_ones():
     services.camera_service("back")
 
 
-def test_endpoints_derive_from_name_and_prefix(bus, monkeypatch):
+def test_endpoints_derive_from_name_and_prefix(monkeypatch):
   assert services.endpoint("robotState") == f"ipc://{services.runtime_dir()}/robotState"
-  assert services.runtime_dir().endswith(f"edgeml-{bus}")
+  assert services.runtime_dir().endswith(f"edgeml-{os.environ['EDGEML_PREFIX']}")
   monkeypatch.setenv("EDGEML_BUS_HOST", "127.0.0.1")
   assert services.endpoint("robotState") == f"tcp://127.0.0.1:{services.tcp_port('robotState')}"
   assert len({services.tcp_port(n) for n in services.SERVICES}) == len(services.SERVICES)
   monkeypatch.setenv("EDGEML_PREFIX", "../x")
   with pytest.raises(ValueError, match="EDGEML_PREFIX"):
     services.runtime_dir()
+
+
+def test_tcp_round_trip_on_loopback(monkeypatch):
+  monkeypatch.setenv("EDGEML_BUS_HOST", "127.0.0.1")
+  try:
+    pm = PubMaster(["liveCalibration"])
+  except zmq.ZMQError as e:
+    pytest.skip(f"port {services.tcp_port('liveCalibration')} on 127.0.0.1 is taken: {e}")
+  with pm, SubMaster(["liveCalibration"]) as sm:
+    assert pm.wait_for_subscribers("liveCalibration", timeout_s=10)
+    pm.send("liveCalibration", new_message("liveCalibration", warpMatrix=list(range(9))))
+    assert update_until(sm, lambda: sm.updated["liveCalibration"])
+    assert list(sm["liveCalibration"].warpMatrix) == list(range(9))
 
 
 def test_new_message_is_stamped():
