@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     args.run(args)
   except KeyboardInterrupt:
     pass
-  except ValueError as e:  # a bad service name or log file
+  except (ValueError, RuntimeError) as e:  # a bad service name or log file; a service already published
     print(f"edgeml-bus: {e}", file=sys.stderr)
     return 1
   return 0
