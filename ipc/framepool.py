@@ -276,7 +276,8 @@ class FrameClient:
     return self.view(notice, event.logMonoTime)
 
   def view(self, notice, log_mono_time: int = 0) -> Frame | None:
-    """The frame a cameraFrame notice names, or None if its buffer has been reused already."""
+    """The frame a cameraFrame notice names, or None if its buffer has been reused already or the notice names no
+    buffer of the pool (a malformed notice, counted in errors)."""
     if notice.poolId != self.pool.pool_id:
       try:
         pool = Pool(self.path, writable=False)
@@ -286,6 +287,9 @@ class FrameClient:
         return None  # a notice from a server that is gone
       self.pool = pool  # the old mapping lives on in frames still holding it
     index, seq = notice.bufferIndex, notice.bufferSeq
+    if index >= self.pool.layout.buffers:
+      self.errors += 1
+      return None
     y, uv = self.pool.views[index]
     frame = Frame(y, uv, notice.frameId, notice.timestampSof, notice.timestampEof, log_mono_time,
                   index, seq, self.pool)
@@ -296,3 +300,9 @@ class FrameClient:
 
   def close(self):
     self.sock.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

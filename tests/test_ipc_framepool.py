@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from ipc.framepool import FrameClient, FrameServer, pool_path
+from ipc.framepool import SHM_DIR, FrameClient, FrameServer, pool_path
+from ipc.messaging import new_message
 from ipc.testing import Children, isolated_bus, read_command
 
 W, H = 64, 48
@@ -45,46 +46,56 @@ def test_client_without_server_says_so():
     FrameClient("road", timeout_s=0.1)
 
 
+def test_notice_naming_no_buffer_is_counted_not_raised():
+  with FrameServer("road", W, H, buffers=4) as server, FrameClient("road") as client:
+    assert server.wait_for_client(10)
+    bad = new_message(server.service, camera="road", poolId=server.pool.pool_id, bufferIndex=4, bufferSeq=1)
+    server.pm.send(server.service, bad)
+    assert client.recv(10000) is None and client.errors == 1
+    server.send(np.full(FRAME_BYTES, 3, np.uint8))
+    assert frame_number(client, 3) is not None
+
+
 def test_zero_copy_views_and_reuse_detected(children):
   server = children(__file__, "serve")
   server.expect("ready")
-  client = FrameClient("road")
-  server.tell("1")
-  first = frame_number(client, 1)
-  assert first is not None and first.still_valid()
-  assert (first.y == 1).all() and (first.uv == 1).all() and first.y.shape == (H, W) and first.uv.shape == (H // 2, W)
-  assert not first.y.flags.writeable and not first.y.flags.owndata
-  for n in (2, 3, 4):  # the other three buffers
-    server.tell(str(n))
-    server.expect(f"sent {n}")
-  assert first.still_valid()
-  server.tell("5")  # back to the first buffer
-  server.expect("sent 5")
-  assert not first.still_valid()
-  assert first.y[0, 0] == 5  # the view is the shared buffer itself: no copy was made
+  with FrameClient("road") as client:
+    server.tell("1")
+    first = frame_number(client, 1)
+    assert first is not None and first.still_valid()
+    assert (first.y == 1).all() and (first.uv == 1).all() and first.y.shape == (H, W) and first.uv.shape == (H // 2, W)
+    assert not first.y.flags.writeable and not first.y.flags.owndata
+    for n in (2, 3, 4):  # the other three buffers
+      server.tell(str(n))
+      server.expect(f"sent {n}")
+    assert first.still_valid()
+    server.tell("5")  # back to the first buffer
+    server.expect("sent 5")
+    assert not first.still_valid()
+    assert first.y[0, 0] == 5  # the view is the shared buffer itself: no copy was made
 
 
 def test_restart_reattaches_and_clean_exit_removes_pool(children):
   path = pool_path("road")
   crashed = children(__file__, "serve")
   crashed.expect("ready")
-  client = FrameClient("road")
-  crashed.tell("1")
-  old = frame_number(client, 1)
-  assert old is not None
-  with pytest.raises(RuntimeError, match="already served by pid"):
-    FrameServer("road", W, H)
-  crashed.kill()  # SIGKILL: no cleanup runs
-  assert os.path.exists(path)  # a crash leaves the pool behind...
-  restarted = children(__file__, "serve")
-  restarted.expect("ready")  # ...and the next server reclaims it
-  restarted.tell("7")
-  new = frame_number(client, 7)
-  assert new is not None and new.pool is not old.pool and new.pool.pool_id != old.pool.pool_id
-  assert old.y[0, 0] == 1  # the old frame still reads its own (now unlinked) pool
-  assert restarted.stop() == 0
-  assert not os.path.exists(path)
-  assert [f for f in os.listdir("/dev/shm") if f.startswith(os.path.basename(path))] == []
+  with FrameClient("road") as client:
+    crashed.tell("1")
+    old = frame_number(client, 1)
+    assert old is not None
+    with pytest.raises(RuntimeError, match="already served by pid"):
+      FrameServer("road", W, H)
+    crashed.kill()  # SIGKILL: no cleanup runs
+    assert os.path.exists(path)  # a crash leaves the pool behind...
+    restarted = children(__file__, "serve")
+    restarted.expect("ready")  # ...and the next server reclaims it
+    restarted.tell("7")
+    new = frame_number(client, 7)
+    assert new is not None and new.pool is not old.pool and new.pool.pool_id != old.pool.pool_id
+    assert old.y[0, 0] == 1  # the old frame still reads its own (now unlinked) pool
+    assert restarted.stop() == 0
+    assert not os.path.exists(path)
+    assert [f for f in os.listdir(SHM_DIR) if f.startswith(os.path.basename(path))] == []
 
 
 def serve():
