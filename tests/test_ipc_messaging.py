@@ -190,15 +190,17 @@ def test_slow_subscriber_never_blocks_publisher(children):
 # --- children ---
 
 def publish(rate_hz):
-  """Publish robotState with vEgo = 1, 2, ... at rate_hz until stdin closes."""
+  """Publish robotState with vEgo = 1, 2, ... at rate_hz until stdin closes. Never faster: after a stall (a busy
+  machine) the schedule restarts instead of catching up in a burst, which would read as a rate above rate_hz."""
   pm = PubMaster(["robotState"])
   pm.wait_for_subscribers("robotState", timeout_s=10)
   print("ready", flush=True)
-  period, start, i = 1 / float(rate_hz), time.monotonic(), 0
+  period, due, i = 1 / float(rate_hz), time.monotonic(), 0
   while True:
     i += 1
     pm.send("robotState", new_message("robotState", vEgo=i, aEgo=-i))
-    read_command(start + i * period - time.monotonic())
+    due = max(due + period, time.monotonic())
+    read_command(due - time.monotonic())
 
 
 def burst(count, subscribers):
