@@ -1,5 +1,6 @@
-"""edgeml-profile: the table lists every kernel once, and the trace is valid Chrome JSON with one slice per kernel
-per run."""
+"""The artifact tools on a compiled drive model. edgeml-profile: the table lists every kernel once, and the trace is
+valid Chrome JSON with one slice per kernel per run. edgeml-validate passes the artifact against onnxruntime. A bad file
+or a mismatched model is one line naming it (inspect, profile, validate), not a traceback."""
 import json
 from collections import Counter
 
@@ -44,3 +45,29 @@ def test_rows_sorted_by_time_with_shares():
   assert rows[0]["gflops"] == pytest.approx(20 / 3e-6 / 1e9)
   lines = profile.format_rows(rows, top=1)
   assert lines[1].startswith("b") and "1 more" in lines[2]
+
+
+def test_validate_passes_the_artifact_of_its_model(artifact, capsys):
+  from tools import validate
+  with pytest.raises(SystemExit) as done: validate.main([artifact.replace(".edgeml", ".onnx"), artifact])
+  assert done.value.code == 0, capsys.readouterr().out
+  assert "2 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_tools_name_a_bad_input_instead_of_a_traceback(artifact, tmp_path):
+  from onnx import TensorProto, helper, save
+  from tools import inspect, validate
+  bad = tmp_path / "bad.edgeml"
+  bad.write_bytes(b"garbage")
+  model = artifact.replace(".edgeml", ".onnx")
+  for name, run in (("inspect", lambda: inspect.main([str(bad)])), ("profile", lambda: profile.main([str(bad)])),
+                    ("validate", lambda: validate.main([model, str(bad)]))):
+    with pytest.raises(SystemExit, match=f"^edgeml-{name}: {bad}: truncated"): run()
+  with pytest.raises(SystemExit, match=f"^edgeml-validate: no such model file: {tmp_path / 'none.onnx'}"):
+    validate.main([str(tmp_path / "none.onnx"), artifact])
+  value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 8])
+  other = helper.make_model(helper.make_graph([helper.make_node("Relu", ["desire"], ["y"])], "other", [value("desire")],
+                                              [value("y")]), opset_imports=[helper.make_opsetid("", 17)])
+  save(other, str(tmp_path / "other.onnx"))
+  with pytest.raises(SystemExit, match=r"has outputs \['plan', 'state_out'\] that .*other.onnx lacks"):
+    validate.main([str(tmp_path / "other.onnx"), artifact])

@@ -5,7 +5,7 @@ sizes, arguments (#n is buffer n), FLOPs and bytes, then the totals.
 """
 import argparse
 
-from compiled.artifact import artifact_facts, read_artifact
+from compiled.artifact import ArtifactError, artifact_facts, read_artifact
 
 
 def _sizes(sizes) -> str:
@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="edgeml-inspect", description="Show the contents of an edgeml artifact.")
   parser.add_argument("artifact")
   path = parser.parse_args(argv).artifact
-  facts, spec = artifact_facts(path), read_artifact(path)
+  try: facts, spec = artifact_facts(path), read_artifact(path)
+  except (OSError, ArtifactError) as e: raise SystemExit(f"edgeml-inspect: {e}")
   print(f"{path}: edgeml artifact format {facts.format_version}, {facts.file_nbytes} bytes, sha256 {facts.sha256}")
   print(f"compiler {spec.compiler_version}, target {spec.target}, build options {spec.build_options!r}, "
         f"header {facts.header_nbytes} bytes, weights at offset {facts.weights_offset}")

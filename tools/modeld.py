@@ -29,6 +29,8 @@ import numpy as np
 import pyopencl as cl
 
 import compiled
+from compiled.artifact import ArtifactError
+from compiled.device import DeviceError
 from compiled.preprocess import FrameWarp
 from ipc import FrameClient, PubMaster, SubMaster, camera_service, new_message, set_outputs
 from tools.modelconfig import config_path, load_config
@@ -196,7 +198,8 @@ def main(argv=None):
   stop = []
   for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.append(1))
   if args.cpu is not None: set_realtime(0, args.cpu)  # before the OpenCL threads start
-  program = compiled.load(args.artifact)
+  try: program = compiled.load(args.artifact)
+  except (OSError, ArtifactError, DeviceError) as e: raise SystemExit(f"edgeml-modeld: {e}")
   try: config = load_config(args.config or config_path(args.artifact), program.inputs, program.outputs)
   except ValueError as e: raise SystemExit(f"edgeml-modeld: {e}")
   daemon = ModelDaemon(program, config)

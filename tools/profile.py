@@ -14,6 +14,8 @@ import time
 import numpy as np
 
 import compiled
+from compiled.artifact import ArtifactError
+from compiled.device import DeviceError
 
 
 def measure(program, runs: int):
@@ -83,7 +85,8 @@ def main(argv=None):
   ap.add_argument("--trace", metavar="OUT.json", help="write a Chrome/Perfetto trace")
   args = ap.parse_args(argv)
   if args.runs < 1: ap.error("--runs must be at least 1")
-  program = compiled.load(args.artifact)
+  try: program = compiled.load(args.artifact)
+  except (OSError, ArtifactError, DeviceError) as e: raise SystemExit(f"edgeml-profile: {e}")
   times, events, wall = measure(program, args.runs)
   rows = kernel_rows(program, times)
   print(f"{args.artifact} on {program.device.name}: {len(rows)} kernels, {args.runs} runs")

@@ -4,7 +4,9 @@ runtime on the same inputs; print the max abs and rel error per output; exit 1 b
   edgeml-validate model.onnx model.edgeml [--inputs feeds.npz] [--rtol 1e-3] [--atol 1e-4]
 """
 import argparse
+import os
 import sys
+
 import numpy as np
 
 
@@ -37,7 +39,11 @@ def main(argv=None):
   args = ap.parse_args(argv)
   import onnxruntime
   import compiled
-  prog = compiled.load(args.artifact)
+  from compiled.artifact import ArtifactError
+  from compiled.device import DeviceError
+  if not os.path.isfile(args.model): raise SystemExit(f"edgeml-validate: no such model file: {args.model}")
+  try: prog = compiled.load(args.artifact)
+  except (OSError, ArtifactError, DeviceError) as e: raise SystemExit(f"edgeml-validate: {e}")
   if args.inputs:
     with np.load(args.inputs) as data: feeds = {s.name: data[s.name] for s in prog.inputs if s.name in data}
     missing = [s.name for s in prog.inputs if s.name not in feeds]
@@ -47,6 +53,9 @@ def main(argv=None):
   got = prog.run(feeds)
   session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
   names = [o.name for o in session.get_outputs()]
+  if unmatched := [s.name for s in prog.outputs if s.name not in names]:
+    raise SystemExit(f"edgeml-validate: {args.artifact} has outputs {unmatched} that {args.model} lacks "
+                     f"(its outputs: {names}); is the artifact compiled from this model?")
   want = dict(zip(names, session.run(names, feeds)))
   failed = 0
   print(f"{'output':<24} {'shape':<18} {'max abs err':>12} {'max rel err':>12}  result")
