@@ -42,10 +42,12 @@ def read_log(path: str):
   with open(path, "rb") as f:
     data = f.read()
   if len(data) < HEADER.size:
-    raise ValueError(f"{path}: too short for an edgeml log")
+    raise ValueError(f"{path}: too short for an edgeml log: {len(data)} bytes, less than its {HEADER.size}-byte header")
   magic, version, _, schema_id = HEADER.unpack_from(data)
-  if magic != MAGIC or version != VERSION:
-    raise ValueError(f"{path}: not an edgeml log of version {VERSION}")
+  if magic != MAGIC:
+    raise ValueError(f"{path}: not an edgeml log: magic {magic!r} at offset 0, expected {MAGIC!r}")
+  if version != VERSION:
+    raise ValueError(f"{path}: an edgeml log of version {version}; this reader reads version {VERSION}")
   if schema_id != SCHEMA_ID:
     raise ValueError(f"{path}: recorded with schema {schema_id:#x}, this is {SCHEMA_ID:#x}")
   count = 0

@@ -1,7 +1,7 @@
 """Log files: entries come back byte for byte; foreign and cut-short files are refused clearly."""
 import pytest
 
-from ipc.logfile import HEADER, LogWriter, read_log
+from ipc.logfile import HEADER, VERSION, LogWriter, read_log
 from ipc.messaging import new_message
 
 
@@ -18,7 +18,13 @@ def test_entries_round_trip(tmp_path):
 def test_foreign_and_cut_files_are_refused(tmp_path):
   path = tmp_path / "b.log"
   path.write_bytes(b"not a log at all, no" * 4)
-  with pytest.raises(ValueError, match="not an edgeml log"):
+  with pytest.raises(ValueError, match=f"{path}: not an edgeml log: magic b'not a lo' at offset 0"):
+    list(read_log(path))
+  LogWriter(path).close()  # a header only
+  raw = bytearray(path.read_bytes())
+  raw[8:12] = (VERSION + 1).to_bytes(4, "little")
+  path.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match=f"of version {VERSION + 1}; this reader reads version {VERSION}"):
     list(read_log(path))
   with LogWriter(path) as log:
     log.write("robotState", 1, new_message("robotState").to_bytes())
@@ -30,5 +36,5 @@ def test_foreign_and_cut_files_are_refused(tmp_path):
       entries.append(entry)
   assert [t for _, t, _ in entries] == [1]
   path.write_bytes(path.read_bytes()[:HEADER.size - 1])
-  with pytest.raises(ValueError, match="too short"):
+  with pytest.raises(ValueError, match=f"too short for an edgeml log: {HEADER.size - 1} bytes"):
     list(read_log(path))
