@@ -76,7 +76,7 @@ class VideoFile:
     self.start, self.nbytes = self.f.tell(), self.width * self.height * 3 // 2
 
   def read(self, out: np.ndarray) -> None:
-    for attempt in range(2):
+    for _ in range(2):  # from the start once more when the file ends
       if self.y4m and not self.f.readline().startswith(b"FRAME"):
         self.f.seek(self.start)
         continue

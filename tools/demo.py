@@ -180,6 +180,7 @@ def main(argv=None):
   if args.consume: return consume()
   os.environ["EDGEML_PREFIX"] = prefix = f"demo{os.getpid()}"  # a bus of its own; children inherit it
   from compiled.device import default_device
+  from ipc.framepool import SHM_DIR
   from ipc.services import runtime_dir
   print(f"demo: OpenCL device {default_device().name}")
   artifact = compiled_artifact(model_source(args.model))
@@ -187,7 +188,7 @@ def main(argv=None):
     s = run(artifact, args.seconds)
   finally:
     shutil.rmtree(runtime_dir(), ignore_errors=True)
-    left = glob.glob(f"/dev/shm/edgeml-{prefix}-*")
+    left = glob.glob(os.path.join(SHM_DIR, f"edgeml-{prefix}-*"))
   print(f"\nsummary: {artifact.stem}, {args.seconds:.0f} s on {default_device().name}")
   print(f"  frames in     {s['frames_in']} (camera, 20 Hz, from the first output on)")
   print(f"  outputs       {s['outputs']} ({s['valid']} valid)")

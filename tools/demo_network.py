@@ -1,5 +1,6 @@
-"""The main job, for now: a small conv -> relu -> pool -> linear network on the default OpenCL device, checked
-against numpy, with the per-kernel table (launch sizes, OpenCL-event times, GFLOP/s, GB/s)."""
+"""A small conv -> relu -> pool -> linear network run eagerly (edgeml.realize) on the default OpenCL device, checked
+against numpy, with the per-kernel table (launch sizes, OpenCL-event times, GFLOP/s, GB/s). `python -m tools.demo_network`
+(the end-to-end demo is tools/demo.py)."""
 import argparse
 import time
 import numpy as np
