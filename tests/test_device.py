@@ -1,7 +1,10 @@
 """OpenCL device selection: deterministic order, EDGEML_DEVICE by substring or index, clear errors."""
+import os
 import subprocess
 import sys
+
 import pytest
+
 from compiled.device import list_devices, select_device, describe, DeviceError
 
 
@@ -28,16 +31,18 @@ def test_unknown_device_names_the_choices():
 
 def test_environment_variable_is_honoured():
   code = "from compiled.device import default_device; print(default_device().name)"
-  out = subprocess.run([sys.executable, "-c", code], env={"EDGEML_DEVICE": "0", "PATH": ""}, capture_output=True, text=True)
+  out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EDGEML_DEVICE="0"), capture_output=True, text=True,
+                       timeout=120)
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == describe(list_devices()[0])
-  bad = subprocess.run([sys.executable, "-c", code], env={"EDGEML_DEVICE": "nonexistent-gpu"}, capture_output=True, text=True)
+  bad = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, EDGEML_DEVICE="nonexistent-gpu"),
+                       capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "nonexistent-gpu" in bad.stderr
 
 
 def test_no_platform_gives_install_hint():
   code = "from compiled.device import select_device; select_device()"
   out = subprocess.run([sys.executable, "-c", code], env={"OCL_ICD_VENDORS": "/nonexistent", "OPENCL_VENDOR_PATH": "/nonexistent"},
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, timeout=120)
   if out.returncode == 0: pytest.skip("an OpenCL platform is visible even without ICD files (bundled driver)")
   assert "apt-get install pocl-opencl-icd" in out.stderr
