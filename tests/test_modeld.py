@@ -206,6 +206,12 @@ def test_config_errors_name_the_input(model, tmp_path):
       load_config(str(path), prog.inputs, prog.outputs)
   with pytest.raises(ValueError, match="no model config.*write one"):
     load_config(str(tmp_path / "none.json"), prog.inputs, prog.outputs)
+  for text, message in (('["input_imgs"]', "expected an object"), ('{"inputs": ["desire"]}', "expected an object"),
+                        (json.dumps({"inputs": {**drive_model.CONFIG["inputs"], "desire": "zeros"}}),
+                         "input 'desire': the entry must be an object, not 'zeros'")):
+    (tmp_path / "odd.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+      load_config(str(tmp_path / "odd.json"), prog.inputs, prog.outputs)
 
 
 def test_two_cameras_matched_by_frame_id(spawn, tmp_path):

@@ -50,6 +50,9 @@ def load_config(path: str, inputs, outputs) -> ModelConfig:
     raise ValueError(f"no model config at {path}; write one, for example:\n{json.dumps(_example(inputs), indent=1)}")
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not JSON: {e}") from None
+  if not isinstance(raw, dict) or not isinstance(raw.get("inputs", {}), dict):
+    raise ValueError(f'{path}: expected an object {{"inputs": {{INPUT: ENTRY, ...}}, ...}}, as in:\n'
+                     f'{json.dumps(_example(inputs), indent=1)}')
   entries, specs, outs = raw.get("inputs", {}), {t.name: t for t in inputs}, {t.name: t for t in outputs}
   if missing := [n for n in specs if n not in entries]: raise ValueError(f"{path}: no entry for inputs {missing}")
   if extra := [n for n in entries if n not in specs]:
@@ -57,6 +60,7 @@ def load_config(path: str, inputs, outputs) -> ModelConfig:
   config = ModelConfig(requires_calibration=bool(raw.get("requires_calibration", False)))
   for name, entry in entries.items():
     spec, where = specs[name], f"{path}: input {name!r}"
+    if not isinstance(entry, dict): raise ValueError(f"{where}: the entry must be an object, not {entry!r}")
     if "recurrent" in entry:
       out = outs.get(entry["recurrent"])
       if out is None or out.shape != spec.shape or out.dtype != spec.dtype:
