@@ -146,20 +146,58 @@ class _Renderer:
 
   def _load(self, n: Node, idx: tuple, valid: tuple) -> str:
     offset = Lin.combine(zip(idx, contiguous_strides(n.shape)))
+    free, per_lane = self._by_lane(valid)
+    guard = (lambda read, zero: f"({render_conditions(free)}?{read}:{zero})") if free else (lambda read, zero: read)
+    if self.width > 1 and (offset.uses(self.lane) or per_lane):
+      if n.dtype.type not in (np.float32, np.float16): raise NotVectorizable(f"{n.dtype} lanes")
+      read = self._vector_read(n, offset)
+      if per_lane:   # at a border some lanes are padding: read lane by lane there, whole rows elsewhere
+        lanes = ",".join(f"({render_conditions(self._at(per_lane, k))}?{self._scalar_read(n, self._at_lane(offset, k))}:0.0f)"
+                         for k in range(self.width))
+        read = f"({render_conditions(self._ends(per_lane))}?{read}:(float{self.width})({lanes}))"
+      return self.emit(FLOAT32, guard(read, f"((float{self.width})0.0f)"), True)
+    return self.emit(n.dtype, guard(self._scalar_read(n, offset), literal(0, n.dtype)))
+
+  def _scalar_read(self, n: Node, offset: Lin) -> str:
     buf = f"data{self.args[id(n)]}"
-    if any(j.uses(self.lane) for j, _ in valid): raise NotVectorizable("lane-dependent padding")
-    guard = (lambda read, zero: f"({render_conditions(valid)}?{read}:{zero})") if valid else (lambda read, zero: read)
-    if self.width > 1 and offset.uses(self.lane):
-      coef, rest = offset.split_var(self.lane)
-      if coef not in (1, 2) or n.dtype.type not in (np.float32, np.float16): raise NotVectorizable("strided lanes")
-      vload, w, at = ("vload_half" if n.dtype.type is np.float16 else "vload"), self.width, f"{buf}+{rest.render()}"
-      read = f"{vload}{w}(0,{at})"
-      if coef == 2:   # every other element (stride-2 windows): two overlapping loads that end on the last lane
-        read = f"(float{w})({vload}{w}(0,{at}).even,{vload}{w}(0,{at}+{w - 1}).odd)"
-      return self.emit(FLOAT32, guard(read, f"((float{w})0.0f)"), True)
-    read = (f"vload_half({offset.render()},{buf})" if n.dtype.type is np.float16 and not self.half_math
-            else f"{buf}[{offset.render()}]")
-    return self.emit(n.dtype, guard(read, literal(0, n.dtype)))
+    if n.dtype.type is np.float16 and not self.half_math: return f"vload_half({offset.render()},{buf})"
+    return f"{buf}[{offset.render()}]"
+
+  def _vector_read(self, n: Node, offset: Lin) -> str:
+    """`width` lanes of n from offset: one vload for neighbouring elements, two overlapping ones for every other
+    element (stride-2 windows), a broadcast when the offset does not depend on the lane."""
+    coef, rest = offset.split_var(self.lane)
+    if coef == 0: return f"((float{self.width})({self._scalar_read(n, offset)}))"
+    if coef not in (1, 2): raise NotVectorizable("strided lanes")
+    vload, w, at = ("vload_half" if n.dtype.type is np.float16 else "vload"), self.width, f"data{self.args[id(n)]}+{rest.render()}"
+    if coef == 2: return f"(float{w})({vload}{w}(0,{at}).even,{vload}{w}(0,{at}+{w - 1}).odd)"
+    return f"{vload}{w}(0,{at})"
+
+  def _by_lane(self, conds: tuple) -> tuple[tuple, tuple]:
+    """(conditions that hold for all lanes alike, conditions that depend on the lane)."""
+    per_lane = tuple(c for c in conds if c[0].uses(self.lane))
+    if any(j.split_var(self.lane)[0] is None for j, _ in per_lane): raise NotVectorizable("lane inside a division")
+    return tuple(c for c in conds if not c[0].uses(self.lane)), per_lane
+
+  def _at_lane(self, j: Lin, k: int) -> Lin:
+    coef, rest = j.split_var(self.lane)
+    return rest + coef * k
+
+  def _at(self, conds: tuple, k: int) -> tuple: return tuple((self._at_lane(j, k), size) for j, size in conds)
+
+  def _ends(self, conds: tuple) -> tuple:
+    """Conditions at the first and last lane: indices are linear in the lane, so both ends in range means all."""
+    return self._at(conds, 0) + self._at(conds, self.width - 1)
+
+  def _lane_mask(self, conds: tuple) -> str:
+    """An int vector, -1 in the lanes where every condition holds."""
+    lanes = f"(int{self.width})({','.join(map(str, range(self.width)))})"
+    parts = []
+    for j, size in conds:
+      coef, rest = j.split_var(self.lane)
+      jv = f"({rest.render()}+{lanes}*{coef})"
+      parts.append(f"({jv}>=0)&({jv}<{size})")
+    return "(" + "&".join(parts) + ")"
 
   def _pad(self, n: Node, idx: tuple, valid: tuple) -> str:
     conds, inner = [], []
@@ -170,11 +208,14 @@ class _Renderer:
       if lo < 0 or hi >= size: conds.append((j, size))
       inner.append(j)
     if not conds: return self.value(n.src[0], tuple(inner), valid)
-    conds = tuple(conds)
-    if any(j.uses(self.lane) for j, _ in conds): raise NotVectorizable("lane-dependent padding")
-    v = self.value(n.src[0], tuple(inner), valid + conds)
+    free, per_lane = self._by_lane(tuple(conds))
+    v = self.value(n.src[0], tuple(inner), valid + tuple(conds))
+    if per_lane:
+      if n.dtype != np.float32: raise NotVectorizable(f"{n.dtype} padding lanes")
+      v = self.emit(n.dtype, f"select((float{self.width})0.0f,{self.as_vector(v)},{self._lane_mask(per_lane)})", True)
+    if not free: return v
     zero = f"((float{self.width})0.0f)" if self.is_vector(v) else literal(0, n.dtype)
-    return self.emit(n.dtype, f"({render_conditions(conds)}?{v}:{zero})", self.is_vector(v))
+    return self.emit(n.dtype, f"({render_conditions(free)}?{v}:{zero})", self.is_vector(v))
 
   def _reduce(self, n: Node, idx: tuple, valid: tuple) -> str:
     """Deferred: the accumulator's name now, the loop later in `reduce_loop`, shared by every output of the tile."""
@@ -251,7 +292,7 @@ def render_conditions(conds: tuple) -> str:
     lo, hi = j.bounds()
     if lo < 0: parts.append(f"({j.render()})>=0")
     if hi >= size: parts.append(f"({j.render()})<{size}")
-  return "(" + "&&".join(parts) + ")"
+  return "(" + ("&&".join(parts) or "1") + ")"
 
 
 def view_index(n: Node, idx: tuple) -> tuple:
@@ -282,9 +323,10 @@ def variants(item: ScheduleItem) -> list[tuple[dict, int, bool]]:
   `tiles[axis]` neighbouring outputs along one or two axes (a small divisor of the axis); `width` > 1 puts the last
   axis in vector lanes (lane_axis_of), or with `reduce_lanes` the innermost reduce axis (vector partial sums).
   At most 32 scalar outputs or 64 vector lanes per work item; at least 8 work items."""
-  if not any(n.op in REDUCE for n in _kernel_nodes(item)): return [({}, 1, False)]
   shape = item.out.shape
   lane_axis = lane_axis_of(shape)
+  if not any(n.op in REDUCE for n in _kernel_nodes(item)):   # elementwise: lanes only
+    return [({lane_axis: w}, w, False) for w in (8, 4) if shape and shape[lane_axis] % w == 0][:1] + [({}, 1, False)]
   singles = []
   for a, s in enumerate(shape):
     divisors = [t for t in (8, 4, 5, 3, 2) if s % t == 0 and s > 1]

@@ -5,8 +5,8 @@ Fusion rules:
 - a reduce and the elementwise ops and reshapes above it, up to the last node where all their paths meet, form one
   kernel whose output is that node (`_realize_points`): bias, activation, x * sigmoid(x) all fuse;
 - one reduce per kernel: a second one met while building a kernel gets its own buffer;
-- costly elementwise math and zero padding that a reduce reads through a broadcast or overlapping windows (so it
-  would be redone or tested for every read) get their own buffer;
+- costly elementwise math that a reduce reads through a broadcast or overlapping windows (so it would be redone for
+  every read) gets its own buffer;
 - everything else a kernel reads (device buffers, outputs, chain tops, CONTIGUOUS) is a load.
 """
 from __future__ import annotations
@@ -44,7 +44,6 @@ def is_injective(node: Node) -> bool:
   return True
 
 
-BORDER_COPY_MIN = 4096   # elements: below this, testing the border per read is cheaper than a kernel launch
 COSTLY = {Op.EXP, Op.LOG, Op.SIN, Op.SQRT, Op.POW, Op.DIV}
 
 
@@ -137,12 +136,9 @@ def schedule(outputs: list[Node]) -> list[ScheduleItem]:
       if n is not root and (n.op is Op.BUFFER or id(n) in points):
         if n not in loads: loads.append(n)
         return
-      if n.op in REDUCE or (reread and (n.op is Op.PAD and n.size >= BORDER_COPY_MIN or
-                                        n.op in ELEMENTWISE and _expensive(n, points))):
-        if n.op not in REDUCE or in_reduce or (fused and fused[0] is not n):
-          # a second reduce, costly math a reduce would redo per read, or a zero border a reduce would test per
-          # read (a padded copy lets the reduce load whole rows as vectors): its own buffer
-          points.add(id(n))
+      if n.op in REDUCE or (reread and n.op in ELEMENTWISE and _expensive(n, points)):
+        if n.op in ELEMENTWISE or in_reduce or (fused and fused[0] is not n):
+          points.add(id(n))      # a second reduce, or costly math a reduce would redo per read: its own buffer
           loads.append(n)
           return
         fused[:] = [n]
