@@ -107,6 +107,7 @@ def main(argv=None):
   ap.add_argument("--wait-client", type=float, default=0.0, metavar="S",
                   help="wait up to S seconds for a subscriber of every camera before the first frame")
   args = ap.parse_args(argv)
+  if args.rate <= 0: ap.error(f"--rate must be positive, got {args.rate:g}")
   stop = []
   for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.append(1))
   video = VideoFile(args.video, args.size) if args.video else None
