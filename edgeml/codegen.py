@@ -65,13 +65,13 @@ def literal(value, dtype: np.dtype) -> str:
 MAX_UNROLL = 16   # reduce iterations unrolled at most (3x3 windows yes, long channel loops no)
 
 
-def pick_local_size(nx: int, ny: int) -> int:
-  """A power of two up to 64 for the innermost axis that pads it by at most 1/8 and still gives at least 8 work
-  groups (2 cores x 2 and some slack), when possible."""
-  for local in (64, 32, 16, 8, 4, 2):
-    padded = -(-nx // local) * local
-    if padded - nx <= nx // 8 and padded // local * ny >= 8: return local
-  return 1
+def pick_local_size(nx: int, ny: int) -> tuple[int, int]:
+  """(lx, ly): powers of two, up to 64 work items, that pad the innermost axis by at most 1/8, divide the other, and
+  still leave at least 8 work groups (2 cores x 2 and some slack) when possible."""
+  lx = next((l for l in (64, 32, 16, 8, 4, 2) if -(-nx // l) * l - nx <= nx // 8 and -(-nx // l) * ny >= 8), 1)
+  groups_x = -(-nx // lx)
+  ly = next((l for l in (64, 32, 16, 8, 4, 2) if lx * l <= 64 and ny % l == 0 and groups_x * ny // l >= 8), 1)
+  return lx, ly
 
 
 class NotVectorizable(Exception):
@@ -399,14 +399,14 @@ def _render_tiled(item: ScheduleItem, tiles: dict, half_math: bool, width: int =
 
 def _kernel(item: ScheduleItem, r: _Renderer, grid: tuple, lines: list, name: str) -> Kernel:
   out, (nx, ny) = item.out, grid
-  local = pick_local_size(nx, ny)
-  padded = -(-nx // local) * local
+  lx, ly = pick_local_size(nx, ny)
+  padded = -(-nx // lx) * lx
   params = [f"__global {ctype(out.dtype)}* restrict data0"]
   params += [f"const __global {ctype(n.dtype)}* restrict data{r.args[id(n)]}" for n in item.loads]
   body = "\n  ".join(lines)
   guard = f"\n  if (gx >= {nx}) return;" if padded != nx else ""
-  source = (f"__kernel __attribute__((reqd_work_group_size({local},1,1)))\n"
+  source = (f"__kernel __attribute__((reqd_work_group_size({lx},{ly},1)))\n"
             f"void {name}({', '.join(params)}) {{\n  int gx = get_global_id(0), gy = get_global_id(1);{guard}\n"
             f"  {body}\n}}\n")
   nbytes = out.nbytes + sum(n.nbytes for n in item.loads)
-  return Kernel(name, source, (padded, ny), (local, 1), out, list(item.loads), r.flops * nx * ny, nbytes)
+  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), r.flops * nx * ny, nbytes)
