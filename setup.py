@@ -8,12 +8,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["edgeml*", "compiled*", "ipc*", "tools*"]),
     package_data={"ipc": ["*.capnp"], "compiled": ["*.capnp"]},
-    install_requires=["numpy", "pyopencl", "pycapnp"],
+    install_requires=["numpy", "pyopencl", "pycapnp", "pyzmq"],   # the device side: runtime, bus, daemons
     extras_require={
-        "bus": ["pyzmq", "pycapnp"],
-        "compile": ["onnx"],
-        "dev": ["pytest", "pytest-xdist", "hypothesis", "onnxruntime", "onnx", "pyzmq", "pycapnp"],
-        "bench": ["onnxruntime", "tinygrad"],
+        "compile": ["onnx", "onnxruntime"],                         # the workstation: compile, validate
+        "dev": ["pytest", "pytest-xdist", "hypothesis", "onnx", "onnxruntime"],
+        "bench": ["onnx", "onnxruntime", "tinygrad"],
     },
     entry_points={"console_scripts": [
         "edgeml-compile=tools.compile:main",

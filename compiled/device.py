@@ -70,7 +70,6 @@ class Device:
     self.name = describe(dev)
     self.ctx = cl.Context([dev])
     self.queue = cl.CommandQueue(self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
-    self.has_fp16 = "cl_khr_fp16" in dev.extensions
     self.is_pocl = "portable computing language" in dev.platform.name.lower()
     self._programs: dict[tuple[str, str], cl.Program] = {}
     self._kernels: dict[tuple[str, str], cl.Kernel] = {}
@@ -85,7 +84,7 @@ class Device:
         except cl.RuntimeError:  # once more: PoCL's kernel cache can trip over another process's build (pocl#430)
           try: prg = cl.Program(self.ctx, source).build(options)
           except cl.RuntimeError as e: raise DeviceError(f"OpenCL build failed on {self.name}:\n{e}\n--- source ---\n{source}") from e
-        if binary_path: _write_atomic(binary_path, prg.binaries[0])
+        if binary_path: write_atomic(binary_path, prg.binaries[0])
       self._programs[(source, options)] = prg
     return prg
 
@@ -119,7 +118,8 @@ class Device:
     return out
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
+  """Write through a temporary file and a rename: readers see the old file or the whole new one, never a part."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "wb") as f: f.write(data)

@@ -81,8 +81,8 @@ class NotVectorizable(Exception):
 class _Renderer:
   """Renders one kernel. With `width` > 1 the last output axis is computed `width` lanes at a time in OpenCL vector
   types: contiguous loads become vloadN, values that do not depend on the lane stay scalar and broadcast."""
-  def __init__(self, item: ScheduleItem, half_math: bool, width: int = 1, reduce_lanes: bool = False):
-    self.item, self.half_math, self.width, self.reduce_lanes = item, half_math, width, reduce_lanes
+  def __init__(self, item: ScheduleItem, width: int = 1, reduce_lanes: bool = False):
+    self.item, self.width, self.reduce_lanes = item, width, reduce_lanes
     self.lane = Var("lane", 0, width - 1)
     self.vectors: set[str] = set()     # names of values that are vectors
     self.args = {id(n): i + 1 for i, n in enumerate(item.loads)}
@@ -93,7 +93,7 @@ class _Renderer:
     self.loop_statements = 0           # statements the reduce executes per work item (a vector one counts once)
 
   def compute_type(self, dtype) -> str:
-    return "float" if dtype.type is np.float16 and not self.half_math else ctype(dtype)
+    return "float" if dtype.type is np.float16 else ctype(dtype)   # half is a storage type: math in float
 
   def emit(self, dtype, expr: str, vector: bool = False) -> str:
     name = f"v{self.count}"
@@ -160,7 +160,7 @@ class _Renderer:
 
   def _scalar_read(self, n: Node, offset: Lin) -> str:
     buf = f"data{self.args[id(n)]}"
-    if n.dtype.type is np.float16 and not self.half_math: return f"vload_half({offset.render()},{buf})"
+    if n.dtype.type is np.float16: return f"vload_half({offset.render()},{buf})"
     return f"{buf}[{offset.render()}]"
 
   def _vector_read(self, n: Node, offset: Lin) -> str:
@@ -274,10 +274,9 @@ class _Renderer:
     return self.lines
 
 
-def program_source(kernels: list[Kernel], half_math: bool = False) -> str:
+def program_source(kernels: list[Kernel]) -> str:
   """One OpenCL program holding `kernels` (their names must be unique)."""
-  fp16 = "#pragma OPENCL EXTENSION cl_khr_fp16 : enable\n" if half_math else ""
-  return fp16 + PRELUDE + "\n".join(k.source for k in kernels)
+  return PRELUDE + "\n".join(k.source for k in kernels)
 
 
 def min_literal(dtype: np.dtype) -> str:
@@ -353,14 +352,14 @@ def _kernel_nodes(item: ScheduleItem) -> list[Node]:
   return out
 
 
-def render(item: ScheduleItem, half_math: bool = False, name: str | None = None, choose=None) -> Kernel:
+def render(item: ScheduleItem, name: str | None = None, choose=None) -> Kernel:
   """OpenCL source and launch sizes for one schedule item. Every variant that renders is a candidate; `choose`
   (a list of Kernels -> index, e.g. timing them on the device) picks one, else the one whose reduce executes the
   fewest statements per output does (a proxy for instructions: a vector statement counts once)."""
   name = name or kernel_name(item)
   candidates = []
   for tiles, width, reduce_lanes in variants(item):
-    try: r, grid, lines = _render_tiled(item, tiles, half_math, width, reduce_lanes)
+    try: r, grid, lines = _render_tiled(item, tiles, width, reduce_lanes)
     except NotVectorizable: continue
     candidates.append((r.loop_statements / math.prod(tiles.values(), start=1), _kernel(item, r, grid, lines, name)))
   candidates.sort(key=lambda c: c[0])
@@ -368,12 +367,12 @@ def render(item: ScheduleItem, half_math: bool = False, name: str | None = None,
   return kernels[choose(kernels) if choose is not None and len(kernels) > 1 else 0]
 
 
-def _render_tiled(item: ScheduleItem, tiles: dict, half_math: bool, width: int = 1, reduce_lanes: bool = False):
+def _render_tiled(item: ScheduleItem, tiles: dict, width: int = 1, reduce_lanes: bool = False):
   out = item.out
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
   inner = lane_axis_of(grid)
   nx, ny = (grid[inner] if grid else 1), max(math.prod(grid), 1) // (grid[inner] if grid else 1)
-  r = _Renderer(item, half_math, width, reduce_lanes)
+  r = _Renderer(item, width, reduce_lanes)
   gx, gy = Lin.of(Var("gx", 0, nx - 1)), Lin.of(Var("gy", 0, ny - 1))
   outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
   base = [gx if a == inner else Lin() if s == 1 else (gy // st) % s
@@ -391,7 +390,7 @@ def _render_tiled(item: ScheduleItem, tiles: dict, half_math: bool, width: int =
     if width > 1 and not reduce_lanes:
       if out.dtype != np.float32: raise NotVectorizable("non-float32 output")
       stores.append(f"vstore{width}({r.as_vector(v)},0,data0+{where.split_var(r.lane)[1].render()});")
-    elif out.dtype.type is np.float16 and not half_math: stores.append(f"vstore_half({v},{where.render()},data0);")
+    elif out.dtype.type is np.float16: stores.append(f"vstore_half({v},{where.render()},data0);")
     else: stores.append(f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
   post = r.lines
   return r, (nx, ny), r.reduce_loop() + post + stores

@@ -5,7 +5,7 @@ Kernels that read only weights are run here, once, and their results stored as w
 from __future__ import annotations
 import numpy as np
 import edgeml
-from compiled.artifact import BufferSpec, KernelSpec, ProgramSpec, TensorSpec
+from compiled.artifact import TARGETS, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
 from compiled.device import default_device
 from edgeml.codegen import kernel_name, program_source, render
 from edgeml.lazy import Node
@@ -17,7 +17,6 @@ from edgeml.tensor import Tensor
 from edgeml.tune import Tuner
 
 ALIGN = 512   # bytes; covers CL_DEVICE_MEM_BASE_ADDR_ALIGN of the targets (4096 bits on NVIDIA)
-TARGETS = ("pocl", "nvidia", "adreno")
 
 
 def placeholder(name: str, shape, dtype=np.float32) -> Tensor:

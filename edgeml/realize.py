@@ -30,8 +30,8 @@ def realize(outputs: list, stats: list | None = None) -> None:
   if DEBUG >= 3:
     for i, it in enumerate(items): print(f"schedule {i}: {it.out} <- {[n.shape for n in it.loads]}")
   for it in items:
-    k = render(it, half_math=dev.has_fp16)
-    source = program_source([k], dev.has_fp16)
+    k = render(it)
+    source = program_source([k])
     if DEBUG >= 4: print(source)
     buf = dev.alloc(k.out.nbytes)
     kernel = dev.kernel(source, k.name)

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import pyopencl as cl
-from compiled.device import Device, cache_dir
+from compiled.device import Device, cache_dir, write_atomic
 from edgeml.codegen import Kernel, program_source
 
 MIN_FLOPS = 2_000_000   # smaller kernels are not worth a build
@@ -23,13 +23,14 @@ class Tuner:
     try:
       with open(self.path) as f: self.cache = json.load(f)
     except (OSError, ValueError): self.cache = {}
-    self.scratch: dict[int, cl.Buffer] = {}
+    self.scratch: dict[tuple[int, int], cl.Buffer] = {}
     self.timed = 0
 
   def __call__(self, kernels: list[Kernel]) -> int:
     if kernels[0].flops < MIN_FLOPS: return 0
     kernels = kernels[:TRIES]
-    key = hashlib.sha256("\0".join([self.device.name] + [k.source for k in kernels]).encode()).hexdigest()
+    ident = [self.device.name, self.device.dev.driver_version, self.device.dev.platform.version]
+    key = hashlib.sha256("\0".join(ident + [k.source for k in kernels]).encode()).hexdigest()
     if key not in self.cache:
       times = self._time(kernels)
       self.cache[key] = min(range(len(kernels)), key=times.__getitem__)
@@ -65,7 +66,4 @@ class Tuner:
     return times
 
   def _save(self):
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    tmp = f"{self.path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f: json.dump(self.cache, f)
-    os.replace(tmp, self.path)
+    write_atomic(self.path, json.dumps(self.cache).encode())

@@ -48,7 +48,7 @@ def test_every_variant_computes_the_same(case):
   item = schedule([out.node])[-1]
   dev, want, tried, vector = default_device(), reference(), 0, 0
   for tiles, width, reduce_lanes in variants(item):
-    try: r, grid, lines = _render_tiled(item, tiles, False, width, reduce_lanes)
+    try: r, grid, lines = _render_tiled(item, tiles, width, reduce_lanes)
     except NotVectorizable: continue
     k = _kernel(item, r, grid, lines, kernel_name(item))
     kernel = cl.Kernel(dev.build(program_source([k])), k.name)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import tracemalloc
 
+import time
+
 import numpy as np
 import pytest
 
@@ -94,11 +96,13 @@ def test_steady_state_allocates_nothing():
 
 
 def test_timing(prog):
+  start = time.perf_counter()
   prog.run({"x": x_like()})
-  assert 0 < prog.last_gpu_time < 1
+  wall = time.perf_counter() - start
+  assert 0 < prog.last_gpu_time <= wall      # seconds, and the device cannot take longer than the synchronous run
   rows = prog.profile(5)
   assert [(name, size) for name, size, _ in rows] == [("dense_relu", (16,)), ("scale", (16,)), ("argmax", (1,))]
-  assert all(0 < s < 1 for _, _, s in rows)
+  assert all(s > 0 for _, _, s in rows)
 
 
 def test_two_programs_keep_their_own_arguments(path):

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from compiled.artifact import TARGETS
 
 
 def parse_shapes(items: list[str]) -> dict:
@@ -49,7 +50,7 @@ def main(argv=None):
   ap.add_argument("model", help="the .onnx file")
   ap.add_argument("-o", "--output", help="artifact path (default: the model's name with .edgeml)")
   ap.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...", help="fix an input's shape")
-  ap.add_argument("--target", default="pocl", choices=["pocl", "nvidia", "adreno"])
+  ap.add_argument("--target", default="pocl", choices=TARGETS)
   ap.add_argument("--fp16", action="store_true", help="store weights as float16 (half the bytes; math stays float32)")
   ap.add_argument("--tune", action="store_true", help="time each kernel's variants on this machine's device and keep "
                   "the fastest (slower compile, cached)")
