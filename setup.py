@@ -20,6 +20,7 @@ setup(
         "edgeml-inspect=tools.inspect:main",
         "edgeml-bench=tools.bench:main",
         "edgeml-bus=tools.bus:main",
+        "edgeml-bench-bus=tools.bench_bus:main",
         "edgeml-camerad=tools.camerad:main",
         "edgeml-modeld=tools.modeld:main",
         "edgeml-profile=tools.profile:main",

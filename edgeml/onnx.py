@@ -63,7 +63,8 @@ class OnnxModel:
     named = max((i + 1 for i, o in enumerate(n.outputs) if o), default=0)
     try: outs = OPS[n.op](Call(n.op, n.name, values, dict(n.attrs), self.opset, named, fold))
     except (NotImplementedError, ValueError, TypeError, IndexError) as e:
-      raise type(e)(f"ONNX {n.op} node {n.name!r} (opset {self.opset}): {e}") from e
+      where = f"ONNX {n.op} node {n.name!r} (opset {self.opset})"
+      raise (NotImplementedError if isinstance(e, NotImplementedError) else ValueError)(f"{where}: {e}") from e
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
     # plain numpy for constants, and for empty tensors too: nothing to compute
     outs = [o if o is None or isinstance(o, Tensor) and o.size else np.asarray(o) if not isinstance(o, Tensor)

@@ -21,6 +21,8 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
+from compiled.device import write_atomic
+
 RTOL, ATOL = 1e-3, 1e-5
 SUPPORTED = {np.dtype(t) for t in (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32,
                                    np.uint32, np.int64, np.uint64, np.bool_)}
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   names = sorted(load_cases())
   if args.subset:
-    wanted = {line.strip() for line in open(args.subset) if line.strip() and not line.startswith("#")}
+    with open(args.subset) as f: wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
     names = [n for n in names if n in wanted]
   if args.pattern: names = [n for n in names if args.pattern in n or fnmatch.fnmatch(n, args.pattern)]
   start = time.time()
@@ -155,8 +157,7 @@ def main(argv=None) -> int:
     status, detail = results[name]
     if status == "fail" or (args.verbose and status == "skip"): print(f"{status.upper():5} {name}: {detail}")
   if args.write_passing:
-    with open(args.write_passing, "w") as f:
-      f.write("".join(f"{n}\n" for n in names if results[n][0] == "pass"))
+    write_atomic(args.write_passing, "".join(f"{n}\n" for n in names if results[n][0] == "pass").encode())
   counts = {s: sum(r[0] == s for r in results.values()) for s in ("pass", "fail", "skip")}
   print(f"took {time.time() - start:.0f}s with {args.jobs} jobs", file=sys.stderr)
   print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")

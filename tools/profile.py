@@ -15,7 +15,7 @@ import numpy as np
 
 import compiled
 from compiled.artifact import ArtifactError
-from compiled.device import DeviceError
+from compiled.device import DeviceError, write_atomic
 
 
 def measure(program, runs: int):
@@ -97,7 +97,7 @@ def main(argv=None):
         f"{sum(k.bytes for k in program.kernels) / 1e6:.1f} MB")
   print(f"end to end (inputs in, kernels, outputs out): {percentiles(wall)}")
   if args.trace:
-    with open(args.trace, "w") as f: json.dump(chrome_trace(program, events), f)
+    write_atomic(args.trace, json.dumps(chrome_trace(program, events)).encode())
     print(f"trace: {args.trace} ({len(events) * len(program.kernels)} kernel slices)")
 
 
