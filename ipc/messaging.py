@@ -194,6 +194,7 @@ class SubMaster:
     self.sockets = {name: sub_socket(name, conflate) for name in self.services}
     self.names = {sock: name for name, sock in self.sockets.items()}
     self.poll_items = [(sock, zmq.POLLIN) for sock in self.sockets.values()]
+    self.single_latest = conflate and len(self.services) == 1   # one socket holding at most one message
     self.health = {name: ServiceHealth(get_service(name).rate_hz) for name in self.services}
     self.frame = 0
     self.updated = dict.fromkeys(self.services, False)
@@ -219,9 +220,10 @@ class SubMaster:
     now = time.monotonic()
     if first is not None:
       self._receive(self.poll, first, now)
-    while ready := zmq.zmq_poll(self.poll_items, 0):  # one call for all sockets, faster than get(EVENTS)
-      for sock, _ in ready:
-        self._receive(self.names[sock], sock.recv(), now)
+    if first is None or not self.single_latest:   # a single keep-latest socket just read holds nothing more
+      while ready := zmq.zmq_poll(self.poll_items, 0):  # one call for all sockets, faster than get(EVENTS)
+        for sock, _ in ready:
+          self._receive(self.names[sock], sock.recv(), now)
     for name, health in self.health.items():
       self.alive[name] = alive = now - health.recv_time < health.alive_s
       self.freq_ok[name] = alive and health.rate_ok
