@@ -21,19 +21,6 @@ class ScheduleItem:
   loads: list = field(default_factory=list)     # nodes read from buffers, in first-use order
 
 
-def is_permutation(node: Node) -> bool:
-  """True when a VIEW reads every source element exactly once (a reshape, permute or flip)."""
-  if node.op is not Op.VIEW: return False
-  strides, offset = node.arg
-  if node.size != node.src[0].size: return False
-  dims = sorted((abs(st), n) for n, st in zip(node.shape, strides) if n != 1)
-  expect = 1
-  for st, n in dims:
-    if st != expect: return False
-    expect *= n
-  return offset == sum((n - 1) * -st for n, st in zip(node.shape, strides) if st < 0)
-
-
 def is_injective(node: Node) -> bool:
   """True when no two elements of a VIEW read the same source element (no broadcast, no overlapping windows)."""
   dims = sorted((abs(st), n) for n, st in zip(node.shape, node.arg[0]) if n != 1)
@@ -151,7 +138,3 @@ def schedule(outputs: list[Node]) -> list[ScheduleItem]:
 
   for o in outputs: visit(o)
   return items
-
-
-def kernel_count(outputs: list[Node]) -> int:
-  return len(schedule(outputs))

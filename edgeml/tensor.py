@@ -70,7 +70,8 @@ class Tensor:
     realize([t.node for t in tensors])
 
   def numpy(self) -> np.ndarray:
-    if not self.node.realized or self.node.op is not Op.BUFFER: self.realize()
+    if self.node.op is not Op.BUFFER: self.realize()
+    if self.node.buffer is None: raise ValueError(f"input {self.node.arg!r} {self.shape} is a placeholder without data")
     host = default_device().download(self.node.buffer, self.shape, np.uint8 if self.dtype.kind == "b" else self.dtype)
     return host.astype(np.bool_) if self.dtype.kind == "b" else host
 
@@ -196,12 +197,11 @@ class Tensor:
   __hash__ = object.__hash__
 
   def _logic(self, op: Op, other) -> Tensor:
-    x, y = self._broadcast(other)
-    if x.dtype.kind != "b" and op is not Op.XOR and not isinstance(other, Tensor): raise TypeError("logical op on a non-bool Tensor")
-    return x._op(op, y)
-  def logical_and(self, other): return self.cast(BOOL)._logic(Op.AND, other if not isinstance(other, Tensor) else other.cast(BOOL))
-  def logical_or(self, other): return self.cast(BOOL)._logic(Op.OR, other if not isinstance(other, Tensor) else other.cast(BOOL))
-  def logical_xor(self, other): return self.cast(BOOL)._logic(Op.XOR, other if not isinstance(other, Tensor) else other.cast(BOOL))
+    """AND/OR/XOR on truth values: both sides become bool first."""
+    return self.cast(BOOL)._binary(op, other.cast(BOOL) if isinstance(other, Tensor) else bool(other))
+  def logical_and(self, other): return self._logic(Op.AND, other)
+  def logical_or(self, other): return self._logic(Op.OR, other)
+  def logical_xor(self, other): return self._logic(Op.XOR, other)
   def logical_not(self): return self.cast(BOOL)._op(Op.XOR, self._const(True, BOOL))
   def bitwise_and(self, other): return self._binary(Op.AND, other)
   def bitwise_or(self, other): return self._binary(Op.OR, other)
