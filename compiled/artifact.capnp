@@ -26,13 +26,25 @@ struct Tensor {
 struct Buffer {
   kind @0 :Kind;
   offset @1 :UInt64;          # into the arena or the weights blob; 0 for input and output
-  nbytes @2 :UInt64;
+  nbytes @2 :UInt64;          # an image: height * row pitch (the pitch is nbytes / imageHeight, a multiple of 64)
+  # image only (kind image: weights in the blob read through image2d_t, RGBA, 4 elements per texel, row-major);
+  # 16-bit fields that fill the unused bits of the first data word, so buffers of other kinds keep their bytes
+  imageFormat @3 :ImageFormat;
+  imageWidth @4 :UInt16;      # texels per row
+  imageHeight @5 :UInt16;     # rows
 
   enum Kind {
     arena @0;
     weights @1;
     input @2;
     output @3;
+    image @4;
+  }
+
+  enum ImageFormat {
+    none @0;
+    float32 @1;               # CL_RGBA / CL_FLOAT
+    float16 @2;               # CL_RGBA / CL_HALF_FLOAT
   }
 }
 

@@ -26,6 +26,10 @@ BLOB_ALIGN = 64
 DIGEST = 32
 TARGETS = ("pocl", "nvidia", "adreno")
 ARG_KINDS = ("buffer", "int32", "float32")
+BUFFER_KINDS = ("arena", "weights", "input", "output", "image")
+IMAGE_FORMATS = {"float32": 16, "float16": 8}  # image_format -> bytes per RGBA texel
+IMAGE_PITCH_ALIGN = 64  # bytes; image rows start at multiples of this
+IMAGE_MAX_SIDE = 65535  # imageWidth and imageHeight are UInt16 in the header
 
 schema = capnp.load(os.path.join(os.path.dirname(__file__), "artifact.capnp"))
 
@@ -45,9 +49,19 @@ class TensorSpec:
 
 @dataclass
 class BufferSpec:
-  kind: str  # 'arena' | 'weights' | 'input' | 'output'
-  offset: int  # byte offset into the arena or the weights blob; 0 for input and output
-  nbytes: int
+  kind: str  # 'arena' | 'weights' | 'input' | 'output' | 'image'
+  offset: int  # byte offset into the arena or the weights blob (weights and image); 0 for input and output
+  nbytes: int  # an image: image_height * pitch
+  # kind 'image' only: weights read through image2d_t, RGBA texels of 4 consecutive elements, rows of image_width
+  # texels, each row `pitch` bytes (a multiple of 64) in the blob
+  image_format: str = ""  # 'float32' (CL_FLOAT) | 'float16' (CL_HALF_FLOAT)
+  image_width: int = 0
+  image_height: int = 0
+
+  @property
+  def pitch(self) -> int:
+    """Bytes per image row (0 for other kinds)."""
+    return self.nbytes // self.image_height if self.kind == "image" and self.image_height else 0
 
 
 @dataclass
@@ -97,15 +111,23 @@ def validate(spec: ProgramSpec, where: str = "spec") -> None:
   def fail(problem: str): raise ArtifactError(f"{where}: {problem}")
   if spec.target not in TARGETS: fail(f"unknown target {spec.target!r} (known: {', '.join(TARGETS)})")
   if spec.align < 1: fail(f"align must be positive, got {spec.align}")
-  limits = {"arena": spec.arena_size, "weights": len(spec.weights)}
+  limits = {"arena": spec.arena_size, "weights": len(spec.weights), "image": len(spec.weights)}
   for i, b in enumerate(spec.buffers):
-    if b.kind not in ("arena", "weights", "input", "output"): fail(f"buffer {i} has unknown kind {b.kind!r}")
+    if b.kind not in BUFFER_KINDS: fail(f"buffer {i} has unknown kind {b.kind!r}")
     if b.kind in limits:
       if b.offset % spec.align: fail(f"buffer {i} ({b.kind}) offset {b.offset} is not a multiple of align {spec.align}")
       if b.offset < 0 or b.nbytes < 0 or b.offset + b.nbytes > limits[b.kind]:
-        fail(f"buffer {i} ({b.kind}) bytes {b.offset}..{b.offset + b.nbytes} lie outside the {b.kind} "
-             f"({limits[b.kind]} bytes)")
+        fail(f"buffer {i} ({b.kind}) bytes {b.offset}..{b.offset + b.nbytes} lie outside the "
+             f"{'weights' if b.kind == 'image' else b.kind} ({limits[b.kind]} bytes)")
     elif b.offset: fail(f"buffer {i} ({b.kind}) must have offset 0, got {b.offset}")
+    if b.kind == "image":
+      if b.image_format not in IMAGE_FORMATS: fail(f"image buffer {i} has unknown format {b.image_format!r}")
+      if not (0 < b.image_width <= IMAGE_MAX_SIDE and 0 < b.image_height <= IMAGE_MAX_SIDE):
+        fail(f"image buffer {i} has size {b.image_width}x{b.image_height}")
+      if b.nbytes % b.image_height or b.pitch % IMAGE_PITCH_ALIGN or b.pitch < b.image_width * IMAGE_FORMATS[b.image_format]:
+        fail(f"image buffer {i}: {b.nbytes} bytes in {b.image_height} rows of {b.image_width} {b.image_format} texels "
+             f"is not a row pitch that is a multiple of {IMAGE_PITCH_ALIGN} bytes and holds a row")
+    elif b.image_format or b.image_width or b.image_height: fail(f"buffer {i} ({b.kind}) has image fields")
   for role, tensors in (("input", spec.inputs), ("output", spec.outputs)):
     if len({t.name for t in tensors}) != len(tensors): fail(f"{role} names are not unique")
     for t in tensors:
@@ -138,6 +160,7 @@ def _header(spec: ProgramSpec) -> bytes:
       out.name, out.shape, out.dtype, out.buffer = t.name, list(t.shape), t.dtype, t.buffer
   for b, out in zip(spec.buffers, msg.init("buffers", len(spec.buffers))):
     out.kind, out.offset, out.nbytes = b.kind, b.offset, b.nbytes
+    if b.kind == "image": out.imageFormat, out.imageWidth, out.imageHeight = b.image_format, b.image_width, b.image_height
   for k, out in zip(spec.kernels, msg.init("kernels", len(spec.kernels))):
     out.name, out.globalSize, out.localSize = k.name, list(k.global_size), list(k.local_size or ())
     out.flops, out.bytes = k.flops, k.bytes
@@ -207,7 +230,9 @@ def _spec_from(msg, weights: memoryview) -> ProgramSpec:
   return ProgramSpec(
     target=msg.target, compiler_version=msg.compilerVersion, source=msg.source, build_options=msg.buildOptions,
     inputs=tensors(msg.inputs), outputs=tensors(msg.outputs),
-    buffers=[BufferSpec(str(b.kind), b.offset, b.nbytes) for b in msg.buffers],
+    buffers=[BufferSpec(str(b.kind), b.offset, b.nbytes,
+                        *((str(b.imageFormat), b.imageWidth, b.imageHeight) if str(b.kind) == "image" else ()))
+             for b in msg.buffers],
     kernels=[KernelSpec(k.name, tuple(k.globalSize), tuple(k.localSize) or None, [arg(a) for a in k.args],
                         k.flops, k.bytes) for k in msg.kernels],
     arena_size=msg.arenaSize, align=msg.align, weights=weights)

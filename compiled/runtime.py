@@ -11,10 +11,11 @@ import os
 import numpy as np
 import pyopencl as cl
 
-from compiled.artifact import ArtifactError, KernelSpec, ProgramSpec, read_artifact
+from compiled.artifact import ArtifactError, BufferSpec, KernelSpec, ProgramSpec, read_artifact
 from compiled.device import Device, default_device, list_devices
 
 SCALARS = {"int32": np.int32, "float32": np.float32}
+IMAGE_CHANNEL_TYPES = {"float32": cl.channel_type.FLOAT, "float16": cl.channel_type.HALF_FLOAT}
 TARGET_MARKS = {"pocl": ("portable computing language",), "nvidia": ("nvidia",), "adreno": ("qualcomm", "adreno")}
 
 
@@ -74,10 +75,24 @@ class Program:
                           f"sub-buffers aligned to {need} bytes (CL_DEVICE_MEM_BASE_ADDR_ALIGN); "
                           f"compile with align={need}")
     # held for the program's life: PoCL 3.1 does not keep a parent buffer alive for its sub-buffers
-    self._parents = parents = {"arena": self.device.alloc(spec.arena_size),
-                               "weights": self.device.upload(np.frombuffer(spec.weights, np.uint8))}
-    return [parents[b.kind].get_sub_region(b.offset, b.nbytes) if b.kind in parents and b.nbytes
+    blob = np.frombuffer(spec.weights, np.uint8)
+    self._parents = parents = {"arena": self.device.alloc(spec.arena_size)}
+    if any(b.kind == "weights" for b in spec.buffers): parents["weights"] = self.device.upload(blob)
+    return [self._image(b, blob) if b.kind == "image" else
+            parents[b.kind].get_sub_region(b.offset, b.nbytes) if b.kind in parents and b.nbytes
             else self.device.alloc(b.nbytes) for b in spec.buffers]
+
+  def _image(self, b: BufferSpec, blob: np.ndarray) -> cl.Image:
+    """A read-only RGBA image2d of weights, copied from its blob region (image_height rows of `pitch` bytes)."""
+    dev = self.device.dev
+    if not dev.image_support or b.image_width > dev.image2d_max_width or b.image_height > dev.image2d_max_height:
+      raise ArtifactError(f"{self.name}: {self.device.name} cannot hold a {b.image_width}x{b.image_height} image "
+                          f"(image support {bool(dev.image_support)}, at most {dev.image2d_max_width}x"
+                          f"{dev.image2d_max_height})")
+    fmt = cl.ImageFormat(cl.channel_order.RGBA, IMAGE_CHANNEL_TYPES[b.image_format])
+    return cl.create_image(self.device.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, fmt,
+                           shape=(b.image_width, b.image_height), pitches=(b.pitch,),
+                           hostbuf=blob[b.offset:b.offset + b.nbytes])
 
   def _bind(self, program: cl.Program, k: KernelSpec) -> tuple:
     """A kernel object of its own (arguments are kernel state) with every argument set, and its launch sizes."""

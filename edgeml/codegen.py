@@ -34,6 +34,11 @@ PRELUDE = """int floordiv_i(int a, int b) { return (a - (a % b + b) % b) / b; }
 int floormod_i(int a, int b) { return (a % b + b) % b; }
 """
 
+# added to programs whose kernels read weights through image2d_t (RGBA texels of 4 consecutive elements)
+IMAGE_PRELUDE = """__constant sampler_t weights_sampler = CLK_NORMALIZED_COORDS_FALSE | CLK_ADDRESS_NONE | CLK_FILTER_NEAREST;
+float texel_lane(float4 v, int c) { return c == 0 ? v.s0 : c == 1 ? v.s1 : c == 2 ? v.s2 : v.s3; }
+"""
+
 
 @dataclass
 class Kernel:
@@ -45,6 +50,7 @@ class Kernel:
   loads: list              # nodes whose buffers follow the output buffer as arguments
   flops: int
   bytes: int
+  uses_images: bool = False   # some loads are image2d_t (program_source then adds IMAGE_PRELUDE)
 
 
 def ctype(dtype: np.dtype) -> str:
@@ -80,9 +86,12 @@ class NotVectorizable(Exception):
 
 class _Renderer:
   """Renders one kernel. With `width` > 1 the last output axis is computed `width` lanes at a time in OpenCL vector
-  types: contiguous loads become vloadN, values that do not depend on the lane stay scalar and broadcast."""
-  def __init__(self, item: ScheduleItem, width: int = 1, reduce_lanes: bool = False):
+  types: contiguous loads become vloadN, values that do not depend on the lane stay scalar and broadcast.
+  `images` maps id(load node) -> image width in texels for loads read through image2d_t: element e is component e%4
+  of texel e/4, at (texel % width, texel / width)."""
+  def __init__(self, item: ScheduleItem, width: int = 1, reduce_lanes: bool = False, images: dict | None = None):
     self.item, self.width, self.reduce_lanes = item, width, reduce_lanes
+    self.images = {i: w for i, w in (images or {}).items() if any(id(n) == i for n in item.loads)}
     self.lane = Var("lane", 0, width - 1)
     self.vectors: set[str] = set()     # names of values that are vectors
     self.args = {id(n): i + 1 for i, n in enumerate(item.loads)}
@@ -158,7 +167,14 @@ class _Renderer:
       return self.emit(FLOAT32, guard(read, f"((float{self.width})0.0f)"), True)
     return self.emit(n.dtype, guard(self._scalar_read(n, offset), literal(0, n.dtype)))
 
+  def _texel(self, n: Node, t: Lin) -> str:
+    w = self.images[id(n)]
+    return f"read_imagef(data{self.args[id(n)]},weights_sampler,(int2)({(t % w).render()},{(t // w).render()}))"
+
   def _scalar_read(self, n: Node, offset: Lin) -> str:
+    if id(n) in self.images:
+      lane, texel = offset % 4, self._texel(n, offset // 4)
+      return f"{texel}.s{lane.const}" if lane.is_const() else f"texel_lane({texel},{lane.render()})"
     buf = f"data{self.args[id(n)]}"
     if n.dtype.type is np.float16: return f"vload_half({offset.render()},{buf})"
     return f"{buf}[{offset.render()}]"
@@ -169,6 +185,11 @@ class _Renderer:
     coef, rest = offset.split_var(self.lane)
     if coef == 0: return f"((float{self.width})({self._scalar_read(n, offset)}))"
     if coef not in (1, 2): raise NotVectorizable("strided lanes")
+    if id(n) in self.images:   # whole texels only: 4 or 8 lanes from a multiple of 4
+      if coef != 1 or self.width not in (4, 8) or not (rest % 4).is_const() or (rest % 4).const:
+        raise NotVectorizable("image lanes not aligned to texels")
+      reads = [self._texel(n, rest // 4 + i) for i in range(self.width // 4)]
+      return reads[0] if self.width == 4 else f"(float8)({reads[0]},{reads[1]})"
     vload, w, at = ("vload_half" if n.dtype.type is np.float16 else "vload"), self.width, f"data{self.args[id(n)]}+{rest.render()}"
     if coef == 2: return f"(float{w})({vload}{w}(0,{at}).even,{vload}{w}(0,{at}+{w - 1}).odd)"
     return f"{vload}{w}(0,{at})"
@@ -276,7 +297,7 @@ class _Renderer:
 
 def program_source(kernels: list[Kernel]) -> str:
   """One OpenCL program holding `kernels` (their names must be unique)."""
-  return PRELUDE + "\n".join(k.source for k in kernels)
+  return PRELUDE + (IMAGE_PRELUDE if any(k.uses_images for k in kernels) else "") + "\n".join(k.source for k in kernels)
 
 
 def min_literal(dtype: np.dtype) -> str:
@@ -352,14 +373,15 @@ def _kernel_nodes(item: ScheduleItem) -> list[Node]:
   return out
 
 
-def render(item: ScheduleItem, name: str | None = None, choose=None) -> Kernel:
+def render(item: ScheduleItem, name: str | None = None, choose=None, images: dict | None = None) -> Kernel:
   """OpenCL source and launch sizes for one schedule item. Every variant that renders is a candidate; `choose`
   (a list of Kernels -> index, e.g. timing them on the device) picks one, else the one whose reduce executes the
-  fewest statements per output does (a proxy for instructions: a vector statement counts once)."""
+  fewest statements per output does (a proxy for instructions: a vector statement counts once). `images`: id(load
+  node) -> image width in texels, for weights read through image2d_t (see _Renderer)."""
   name = name or kernel_name(item)
   candidates = []
   for tiles, width, reduce_lanes in variants(item):
-    try: r, grid, lines = _render_tiled(item, tiles, width, reduce_lanes)
+    try: r, grid, lines = _render_tiled(item, tiles, width, reduce_lanes, images)
     except NotVectorizable: continue
     candidates.append((r.loop_statements / math.prod(tiles.values(), start=1), _kernel(item, r, grid, lines, name)))
   candidates.sort(key=lambda c: c[0])
@@ -367,12 +389,12 @@ def render(item: ScheduleItem, name: str | None = None, choose=None) -> Kernel:
   return kernels[choose(kernels) if choose is not None and len(kernels) > 1 else 0]
 
 
-def _render_tiled(item: ScheduleItem, tiles: dict, width: int = 1, reduce_lanes: bool = False):
+def _render_tiled(item: ScheduleItem, tiles: dict, width: int = 1, reduce_lanes: bool = False, images: dict | None = None):
   out = item.out
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
   inner = lane_axis_of(grid)
   nx, ny = (grid[inner] if grid else 1), max(math.prod(grid), 1) // (grid[inner] if grid else 1)
-  r = _Renderer(item, width, reduce_lanes)
+  r = _Renderer(item, width, reduce_lanes, images)
   gx, gy = Lin.of(Var("gx", 0, nx - 1)), Lin.of(Var("gy", 0, ny - 1))
   outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
   base = [gx if a == inner else Lin() if s == 1 else (gy // st) % s
@@ -401,11 +423,12 @@ def _kernel(item: ScheduleItem, r: _Renderer, grid: tuple, lines: list, name: st
   lx, ly = pick_local_size(nx, ny)
   padded = -(-nx // lx) * lx
   params = [f"__global {ctype(out.dtype)}* restrict data0"]
-  params += [f"const __global {ctype(n.dtype)}* restrict data{r.args[id(n)]}" for n in item.loads]
+  params += [f"read_only image2d_t data{r.args[id(n)]}" if id(n) in r.images else
+             f"const __global {ctype(n.dtype)}* restrict data{r.args[id(n)]}" for n in item.loads]
   body = "\n  ".join(lines)
   guard = f"\n  if (gx >= {nx}) return;" if padded != nx else ""
   source = (f"__kernel __attribute__((reqd_work_group_size({lx},{ly},1)))\n"
             f"void {name}({', '.join(params)}) {{\n  int gx = get_global_id(0), gy = get_global_id(1);{guard}\n"
             f"  {body}\n}}\n")
   nbytes = out.nbytes + sum(n.nbytes for n in item.loads)
-  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), r.flops * nx * ny, nbytes)
+  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), r.flops * nx * ny, nbytes, bool(r.images))

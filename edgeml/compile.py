@@ -5,7 +5,7 @@ Kernels that read only weights are run here, once, and their results stored as w
 from __future__ import annotations
 import numpy as np
 import edgeml
-from compiled.artifact import TARGETS, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
+from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, TARGETS, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
 from compiled.device import default_device
 from edgeml.codegen import kernel_name, program_source, render
 from edgeml.lazy import Node
@@ -17,6 +17,9 @@ from edgeml.tensor import Tensor
 from edgeml.tune import Tuner
 
 ALIGN = 512   # bytes; covers CL_DEVICE_MEM_BASE_ADDR_ALIGN of the targets (4096 bits on NVIDIA)
+IMAGE_TARGETS = ("adreno",)   # targets that read float weights through image2d_t (the L1-cached texture path)
+IMAGE_WIDTH = 4096            # texels per image row at most (Adreno and PoCL allow 16384)
+IMAGE_MAX_HEIGHT = 16384      # rows; weights that need more stay a plain buffer
 
 
 def placeholder(name: str, shape, dtype=np.float32) -> Tensor:
@@ -46,6 +49,22 @@ def fold_constants(outputs: list[Node]) -> int:
     else: constant.append(it.out)
   if constant: realize(constant)
   return len(constant)
+
+
+def image_layout(data: bytes, dtype: np.dtype) -> tuple[int, int, int, bytes]:
+  """(width, height, pitch, bytes) of `data` as an RGBA image of 4 consecutive elements per texel: rows of `width`
+  texels, each padded with zeros to `pitch` bytes (a multiple of IMAGE_PITCH_ALIGN)."""
+  texel = 4 * dtype.itemsize
+  texels = max(-(-len(data) // texel), 1)
+  width = min(IMAGE_WIDTH, texels)
+  height = -(-texels // width)
+  row = width * texel
+  pitch = -(-row // IMAGE_PITCH_ALIGN) * IMAGE_PITCH_ALIGN
+  out = bytearray(height * pitch)
+  for y in range(height):
+    chunk = data[y * row:(y + 1) * row]
+    out[y * pitch:y * pitch + len(chunk)] = chunk
+  return width, height, pitch, bytes(out)
 
 
 class Compiled:
@@ -95,13 +114,20 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   in_specs = [TensorSpec(name, t.shape, t.dtype.name, add(t.node, "input")) for name, t in inputs.items()]
   out_specs = [TensorSpec(name, n.shape, n.dtype.name, add(n, "output")) for name, n in zip(outputs, out_nodes)]
 
-  blob, dev = bytearray(), default_device()
+  blob, dev, images = bytearray(), default_device(), {}   # images: id(weights node) -> width in texels
   for it in items:
     for n in it.loads:
       if n.op is Op.BUFFER and id(n) not in buffer_of:
         if n.buffer is None: raise ValueError(f"graph reads placeholder {n.arg!r} that is not among the inputs {list(inputs)}")
         data = dev.download(n.buffer, n.shape, np.uint8 if n.dtype.kind == "b" else n.dtype).tobytes()
         blob += bytes(-len(blob) % ALIGN)
+        if target in IMAGE_TARGETS and n.dtype.name in IMAGE_FORMATS:
+          width, height, pitch, rows = image_layout(data, n.dtype)
+          if height <= IMAGE_MAX_HEIGHT:
+            buffer_of[id(n)], images[id(n)] = len(buffers), width
+            buffers.append(BufferSpec("image", len(blob), len(rows), n.dtype.name, width, height))
+            blob += rows
+            continue
         add(n, "weights", len(blob))
         blob += data
 
@@ -115,7 +141,7 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
 
   choose = Tuner(dev, log) if tune else None
-  kernels = [render(it, name=f"k{i}_{kernel_name(it)}", choose=choose) for i, it in enumerate(items)]
+  kernels = [render(it, name=f"k{i}_{kernel_name(it)}", choose=choose, images=images) for i, it in enumerate(items)]
   specs = [KernelSpec(k.name, k.global_size, k.local_size,
                       [("buffer", buffer_of[id(k.out)])] + [("buffer", buffer_of[id(n)]) for n in k.loads], k.flops, k.bytes)
            for k in kernels]

@@ -27,7 +27,7 @@ class Tuner:
     self.timed = 0
 
   def __call__(self, kernels: list[Kernel]) -> int:
-    if kernels[0].flops < MIN_FLOPS: return 0
+    if kernels[0].flops < MIN_FLOPS or kernels[0].uses_images: return 0   # image weights: not timed here
     kernels = kernels[:TRIES]
     ident = [self.device.name, self.device.dev.driver_version, self.device.dev.platform.version]
     key = hashlib.sha256("\0".join(ident + [k.source for k in kernels]).encode()).hexdigest()

@@ -1,7 +1,8 @@
 """edgeml-inspect: print what an artifact holds. Usage: `edgeml-inspect model.edgeml` (or `python -m tools.inspect`).
 
-Header facts, inputs and outputs, the buffer plan, arena and weights sizes, and one line per kernel with its launch
-sizes, arguments (#n is buffer n), FLOPs and bytes, then the totals.
+Header facts, inputs and outputs, the buffer plan (image buffers with their format, size and row pitch), arena and
+weights sizes, and one line per kernel with its launch sizes, arguments (#n is buffer n), FLOPs and bytes, then the
+totals.
 """
 import argparse
 
@@ -30,7 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     for t in tensors: print(f"  {t.name!r:<24} {t.dtype}{list(t.shape)}  buffer #{t.buffer}")
   print(f"buffers (arena {spec.arena_size} bytes, weights {len(spec.weights)} bytes, offsets aligned to {spec.align}):")
   print(f"  {'id':>4} {'kind':<8} {'offset':>12} {'bytes':>12}")
-  for i, b in enumerate(spec.buffers): print(f"  {i:>4} {b.kind:<8} {b.offset:>12} {b.nbytes:>12}")
+  for i, b in enumerate(spec.buffers):
+    image = (f"  RGBA {b.image_format} {b.image_width}x{b.image_height} texels, row pitch {b.pitch} B"
+             if b.kind == "image" else "")
+    print(f"  {i:>4} {b.kind:<8} {b.offset:>12} {b.nbytes:>12}{image}")
   print(f"kernels ({len(spec.kernels)}, one program of {len(spec.source.splitlines())} source lines):")
   print(f"  {'name':<28} {'global':>14} {'local':>10} {'FLOPs':>14} {'bytes':>12}  args")
   for k in spec.kernels:
