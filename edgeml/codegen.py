@@ -1,8 +1,10 @@
-"""OpenCL C code generation: one ScheduleItem becomes one kernel, one work item per output element.
+"""OpenCL C code generation: one ScheduleItem becomes one kernel.
 
 The fused graph is rendered from the output down: every value becomes a local variable (shared subexpressions are
 rendered once per scope), movement ops turn into index expressions, padding into validity conditions, and a fused
-reduce into a loop whose body is rendered in its own scope.
+reduce into one loop nest shared by every output of the work item. A kernel has several renderings (`variants`):
+tiles of neighbouring outputs per work item, vector lanes on the output's last axis or on the reduce axis; `render`
+keeps the one with the fewest statements per output, or the one a chooser (the tuner) picks.
 """
 from __future__ import annotations
 import functools
@@ -10,7 +12,7 @@ import itertools
 import math
 import numpy as np
 from dataclasses import dataclass
-from edgeml.ops import Op, UNARY, BINARY, REDUCE
+from edgeml.ops import Op, REDUCE
 from edgeml.lazy import Node, contiguous_strides
 from edgeml.schedule import ScheduleItem
 from edgeml.symbolic import Lin, Var

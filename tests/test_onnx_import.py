@@ -4,7 +4,6 @@ the Conv+BatchNormalization fold), plus the importer's errors."""
 from pathlib import Path
 import numpy as np
 import pytest
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 from edgeml.onnx import OnnxModel
 from edgeml.tensor import Tensor
