@@ -401,7 +401,6 @@ def _render_tiled(item: ScheduleItem, tiles: dict, width: int = 1, reduce_lanes:
   outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
   base = [gx if a == inner else Lin() if s == 1 else (gy // st) % s
           for a, (s, st) in enumerate(zip(outer, contiguous_strides(outer)))]
-  root = out.src[0] if out.op is Op.CONTIGUOUS else out
   lane_axis = lane_axis_of(out.shape)
   scalar_tiles = {a: t for a, t in tiles.items() if width == 1 or reduce_lanes or a != lane_axis}
   if width > 1 and not reduce_lanes: base[lane_axis] = base[lane_axis] * width + Lin.of(r.lane)
@@ -409,7 +408,7 @@ def _render_tiled(item: ScheduleItem, tiles: dict, width: int = 1, reduce_lanes:
   for offsets in itertools.product(*(range(t) for t in scalar_tiles.values())):
     idx = list(base)
     for (a, t), o in zip(scalar_tiles.items(), offsets): idx[a] = base[a] * t + o
-    v = r.value(root, tuple(idx), ())
+    v = r.value(out, tuple(idx), ())
     where = Lin.combine(zip(idx, contiguous_strides(out.shape)))
     if width > 1 and not reduce_lanes:
       if out.dtype != np.float32: raise NotVectorizable("non-float32 output")

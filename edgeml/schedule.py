@@ -132,7 +132,7 @@ def schedule(outputs: list[Node]) -> list[ScheduleItem]:
       for s in n.src:
         explore(s, in_reduce or n.op in REDUCE, reread or (in_reduce and n.op is Op.VIEW and not is_injective(n)))
 
-    explore(root.src[0] if root.op is Op.CONTIGUOUS else root, False)
+    explore(root, False)
     for n in loads: visit(n)
     items.append(ScheduleItem(root, loads))
 

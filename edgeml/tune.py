@@ -7,6 +7,7 @@ by device and sources, so compiling the same model again costs nothing extra.
 import hashlib
 import json
 import os
+from dataclasses import replace
 import pyopencl as cl
 from compiled.device import Device, cache_dir, write_atomic
 from edgeml.codegen import Kernel, program_source
@@ -24,7 +25,6 @@ class Tuner:
       with open(self.path) as f: self.cache = json.load(f)
     except (OSError, ValueError): self.cache = {}
     self.scratch: dict[tuple[int, int], cl.Buffer] = {}
-    self.timed = 0
 
   def __call__(self, kernels: list[Kernel]) -> int:
     if kernels[0].flops < MIN_FLOPS or kernels[0].uses_images: return 0   # image weights: not timed here
@@ -34,7 +34,6 @@ class Tuner:
     if key not in self.cache:
       times = self._time(kernels)
       self.cache[key] = min(range(len(kernels)), key=times.__getitem__)
-      self.timed += 1
       if self.log: self.log(f"  tuned {kernels[0].name}: " + ", ".join(f"{t * 1e6:.0f}" for t in times) + " us")
       self._save()
     return self.cache[key]
@@ -48,8 +47,8 @@ class Tuner:
     return self.scratch[(role, nbytes)]
 
   def _time(self, kernels: list[Kernel]) -> list[float]:
-    renamed = [Kernel(f"{k.name}_v{i}", k.source.replace(f"void {k.name}(", f"void {k.name}_v{i}(", 1), k.global_size,
-                      k.local_size, k.out, k.loads, k.flops, k.bytes) for i, k in enumerate(kernels)]
+    renamed = [replace(k, name=f"{k.name}_v{i}", source=k.source.replace(f"void {k.name}(", f"void {k.name}_v{i}(", 1))
+               for i, k in enumerate(kernels)]
     program = self.device.build(program_source(renamed))
     args = [self._buffer(kernels[0].out.nbytes, 0)] + [
       n.buffer if n.buffer is not None else self._buffer(n.nbytes, i + 1) for i, n in enumerate(kernels[0].loads)]
