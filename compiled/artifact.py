@@ -15,6 +15,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from compiled.atomic import write_atomic
 
 import capnp
 import numpy as np
@@ -178,16 +179,7 @@ def write_artifact(spec: ProgramSpec, path: str | os.PathLike) -> None:
   head += bytes(_padded(len(head)) - len(head))
   digest = hashlib.sha256(head)
   digest.update(weights)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  try:
-    with open(tmp, "xb") as f:
-      for part in (head, weights, digest.digest()): f.write(part)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp): os.remove(tmp)
-    raise
+  write_atomic(path, head, weights, digest.digest())
 
 
 # ---- read --------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import numpy as np
 import pyopencl as cl
+from compiled.atomic import write_atomic
 
 INSTALL_HINT = ("no OpenCL platform found. Install one: on Debian `apt-get install pocl-opencl-icd ocl-icd-libopencl1 "
                 "binutils` (PoCL runs OpenCL on the CPU), or your GPU vendor's OpenCL driver; `bash scripts/setup.sh` "
@@ -116,14 +117,6 @@ class Device:
     out = np.empty(shape, dtype)
     if out.nbytes: cl.enqueue_copy(self.queue, out, buf)
     return out
-
-
-def write_atomic(path: str, data: bytes) -> None:
-  """Write through a temporary file and a rename: readers see the old file or the whole new one, never a part."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f: f.write(data)
-  os.replace(tmp, path)
 
 
 @functools.cache

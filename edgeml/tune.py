@@ -9,7 +9,8 @@ import json
 import os
 from dataclasses import replace
 import pyopencl as cl
-from compiled.device import Device, cache_dir, write_atomic
+from compiled.atomic import write_atomic
+from compiled.device import Device, cache_dir
 from edgeml.codegen import Kernel, program_source
 
 MIN_FLOPS = 2_000_000   # smaller kernels are not worth a build

@@ -21,7 +21,7 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
-from compiled.device import write_atomic
+from compiled.atomic import write_atomic
 
 RTOL, ATOL = 1e-3, 1e-5
 SUPPORTED = {np.dtype(t) for t in (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32,

@@ -15,7 +15,8 @@ import numpy as np
 
 import compiled
 from compiled.artifact import ArtifactError
-from compiled.device import DeviceError, write_atomic
+from compiled.atomic import write_atomic
+from compiled.device import DeviceError
 
 
 def measure(program, runs: int):
