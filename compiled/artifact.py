@@ -16,6 +16,7 @@ import os
 import struct
 from dataclasses import dataclass
 from compiled.atomic import write_atomic
+from compiled.targets import TARGETS
 
 import capnp
 import numpy as np
@@ -25,7 +26,6 @@ FORMAT_VERSION = 1
 PREFIX = struct.Struct("<8sIQQ")  # magic, format version, header length, weights length
 BLOB_ALIGN = 64
 DIGEST = 32
-TARGETS = ("pocl", "nvidia", "adreno")
 ARG_KINDS = ("buffer", "int32", "float32")
 BUFFER_KINDS = ("arena", "weights", "input", "output", "image")
 IMAGE_FORMATS = {"float32": 16, "float16": 8}  # image_format -> bytes per RGBA texel
@@ -77,7 +77,7 @@ class KernelSpec:
 
 @dataclass
 class ProgramSpec:
-  target: str  # 'pocl' | 'nvidia' | 'adreno'
+  target: str  # a name in compiled.targets.TARGETS
   compiler_version: str
   source: str  # one OpenCL program holding every kernel
   build_options: str

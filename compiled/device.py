@@ -13,6 +13,7 @@ import hashlib
 import numpy as np
 import pyopencl as cl
 from compiled.atomic import write_atomic
+from compiled.targets import target_of
 
 INSTALL_HINT = ("no OpenCL platform found. Install one: on Debian `apt-get install pocl-opencl-icd ocl-icd-libopencl1 "
                 "binutils` (PoCL runs OpenCL on the CPU), or your GPU vendor's OpenCL driver; `bash scripts/setup.sh` "
@@ -71,7 +72,7 @@ class Device:
     self.name = describe(dev)
     self.ctx = cl.Context([dev])
     self.queue = cl.CommandQueue(self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
-    self.is_pocl = "portable computing language" in dev.platform.name.lower()
+    self.target = target_of(dev)
     self._programs: dict[tuple[str, str], cl.Program] = {}
     self._kernels: dict[tuple[str, str], cl.Kernel] = {}
 
@@ -79,7 +80,7 @@ class Device:
     """Build `source` once per process; later calls return the same program. Off PoCL the driver's binary is cached on
     disk, keyed by device, driver, options and source, so a later process skips the compiler."""
     if (prg := self._programs.get((source, options))) is None:
-      binary_path = None if self.is_pocl else self._binary_path(source, options)
+      binary_path = self._binary_path(source, options) if self.target.cache_binaries else None
       if (prg := self._from_binary(binary_path, options)) is None:
         try: prg = cl.Program(self.ctx, source).build(options)
         except cl.RuntimeError:  # once more: PoCL's kernel cache can trip over another process's build (pocl#430)

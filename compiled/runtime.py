@@ -13,31 +13,25 @@ import pyopencl as cl
 
 from compiled.artifact import ArtifactError, BufferSpec, KernelSpec, ProgramSpec, read_artifact
 from compiled.device import Device, default_device, list_devices
+from compiled.targets import target_of
 
 SCALARS = {"int32": np.int32, "float32": np.float32}
 IMAGE_CHANNEL_TYPES = {"float32": cl.channel_type.FLOAT, "float16": cl.channel_type.HALF_FLOAT}
-TARGET_MARKS = {"pocl": ("portable computing language",), "nvidia": ("nvidia",), "adreno": ("qualcomm", "adreno")}
 
 
 class InputError(ValueError):
   """Feeds or names that do not match the program's inputs and outputs."""
 
 
-def device_target(dev: cl.Device) -> str | None:
-  """The artifact target whose code runs on `dev`: 'pocl', 'nvidia', 'adreno', or None."""
-  words = f"{dev.platform.name} {dev.platform.vendor} {dev.vendor} {dev.name}".lower()
-  return next((t for t, marks in TARGET_MARKS.items() if any(m in words for m in marks)), None)
-
-
 def _device_for(spec: ProgramSpec, path: str, device: Device | None, allow_target_mismatch: bool) -> Device:
   """The given device, else the default one, else (EDGEML_DEVICE unset) the first device of the artifact's target."""
   if device is None:
     device = default_device()
-    if device_target(device.dev) != spec.target and not os.environ.get("EDGEML_DEVICE"):
-      device = next((Device(d) for d in list_devices() if device_target(d) == spec.target), device)
-  if (actual := device_target(device.dev)) != spec.target and not allow_target_mismatch:
+    if device.target.name != spec.target and not os.environ.get("EDGEML_DEVICE"):
+      device = next((Device(d) for d in list_devices() if target_of(d).name == spec.target), device)
+  if device.target.name != spec.target and not allow_target_mismatch:
     raise ArtifactError(f"{path}: compiled for target {spec.target!r}, but the device is {device.name} (target "
-                        f"{actual or 'unknown'!r}); compile for this target, choose another device with EDGEML_DEVICE, "
+                        f"{device.target.name!r}); compile for this target, choose another device with EDGEML_DEVICE, "
                         f"or pass allow_target_mismatch=True to run it anyway")
   return device
 

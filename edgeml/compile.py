@@ -5,8 +5,9 @@ Kernels that read only weights are run here, once, and their results stored as w
 from __future__ import annotations
 import numpy as np
 import edgeml
-from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, TARGETS, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
+from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
 from compiled.device import default_device
+from compiled.targets import TARGETS, Target
 from edgeml.codegen import kernel_name, program_source, render
 from edgeml.lazy import Node
 from edgeml.memplan import Interval, plan_arena, liveness_lower_bound
@@ -16,8 +17,6 @@ from edgeml.schedule import schedule
 from edgeml.tensor import Tensor
 from edgeml.tune import Tuner
 
-ALIGN = 512   # bytes; covers CL_DEVICE_MEM_BASE_ADDR_ALIGN of the targets (4096 bits on NVIDIA)
-IMAGE_TARGETS = ("adreno",)   # targets that read float weights through image2d_t (the L1-cached texture path)
 IMAGE_WIDTH = 4096            # texels per image row at most (Adreno and PoCL allow 16384)
 IMAGE_MAX_HEIGHT = 16384      # rows; weights that need more stay a plain buffer
 
@@ -90,11 +89,19 @@ def store_weights_as_half(outputs: list[Node]) -> int:
   return count
 
 
-def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target: str = "pocl", tune: bool = False,
+def resolve_target(name: str) -> Target:
+  """The entry of compiled.targets.TARGETS named `name`; 'auto' is the target of the default device."""
+  if name == "auto": return default_device().target
+  if name not in TARGETS: raise ValueError(f"unknown target {name!r}; choose auto or one of {', '.join(TARGETS)}")
+  return TARGETS[name]
+
+
+def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target: str = "auto", tune: bool = False,
                   fp16: bool = False, log=None) -> Compiled:
-  """With `tune`, each sizeable kernel's variants are timed on the default device and the fastest kept; with `fp16`,
-  weights are stored as float16."""
-  if target not in TARGETS: raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+  """Compile for `target` (a name in compiled.targets.TARGETS, or 'auto': the default device's). With `tune`, each
+  sizeable kernel's variants are timed on the default device and the fastest kept; with `fp16`, weights are stored
+  as float16."""
+  target = resolve_target(target)
   for name, t in inputs.items():
     if not _is_placeholder(t.node): raise ValueError(f"input {name!r} is not a placeholder (use edgeml.compile.placeholder)")
   out_nodes = _output_nodes(outputs)
@@ -120,8 +127,8 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
       if n.op is Op.BUFFER and id(n) not in buffer_of:
         if n.buffer is None: raise ValueError(f"graph reads placeholder {n.arg!r} that is not among the inputs {list(inputs)}")
         data = dev.download(n.buffer, n.shape, np.uint8 if n.dtype.kind == "b" else n.dtype).tobytes()
-        blob += bytes(-len(blob) % ALIGN)
-        if target in IMAGE_TARGETS and n.dtype.name in IMAGE_FORMATS:
+        blob += bytes(-len(blob) % target.align)
+        if target.image_weights and n.dtype.name in IMAGE_FORMATS:
           width, height, pitch, rows = image_layout(data, n.dtype)
           if height <= IMAGE_MAX_HEIGHT:
             buffer_of[id(n)], images[id(n)] = len(buffers), width
@@ -137,7 +144,7 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
     for n in it.loads: last_use[id(n)] = i
   arena_nodes = [it.out for it in items if id(it.out) not in buffer_of]
   intervals = [Interval(n.nbytes, producer[id(n)], last_use.get(id(n), producer[id(n)])) for n in arena_nodes]
-  offsets, arena_size = plan_arena(intervals, ALIGN)
+  offsets, arena_size = plan_arena(intervals, target.align)
   for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
 
   choose = Tuner(dev, log) if tune else None
@@ -145,7 +152,8 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   specs = [KernelSpec(k.name, k.global_size, k.local_size,
                       [("buffer", buffer_of[id(k.out)])] + [("buffer", buffer_of[id(n)]) for n in k.loads], k.flops, k.bytes)
            for k in kernels]
-  spec = ProgramSpec(target=target, compiler_version=edgeml.__version__, source=program_source(kernels),
-                     build_options="", inputs=in_specs, outputs=out_specs, buffers=buffers, kernels=specs,
-                     arena_size=arena_size, align=ALIGN, weights=bytes(blob))
-  return Compiled(spec, folded, arena_size, sum(iv.nbytes for iv in intervals), liveness_lower_bound(intervals, ALIGN))
+  spec = ProgramSpec(target=target.name, compiler_version=edgeml.__version__, source=program_source(kernels),
+                     build_options=target.build_options, inputs=in_specs, outputs=out_specs, buffers=buffers,
+                     kernels=specs, arena_size=arena_size, align=target.align, weights=bytes(blob))
+  return Compiled(spec, folded, arena_size, sum(iv.nbytes for iv in intervals),
+                  liveness_lower_bound(intervals, target.align))

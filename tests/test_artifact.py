@@ -130,10 +130,10 @@ def test_inconsistent_spec_is_refused(tmp_path, problem):
 
 
 def test_inspect(path, capsys):
-  from tools.inspect import main
+  from tools.inspect_artifact import main
   main([str(path)])
   out = capsys.readouterr().out
-  for text in ("format 1", "test-0", "pocl", artifact.artifact_facts(path).sha256, "dense_relu", "argmax", "arena",
+  for text in ("format 1", "test-0", read_artifact(path).target, artifact.artifact_facts(path).sha256, "dense_relu", "argmax", "arena",
                "'x'", "float32[1, 8]", "total"):
     assert text in out, text
 

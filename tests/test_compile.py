@@ -109,7 +109,7 @@ def test_failed_compile_leaves_nothing(tmp_path):
   graph = onnx.helper.make_graph([node], "bad", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
                                  [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
   model_path = tmp_path / "bad.onnx"
-  onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), model_path)
+  onnx.save(onnx.helper.make_model(graph, ir_version=9, opset_imports=[onnx.helper.make_opsetid("", 17)]), model_path)
   with pytest.raises((NotImplementedError, ValueError), match="NoSuchOp"):
     compile_model(str(model_path), str(tmp_path / "bad.edgeml"), log=lambda *_: None)
   assert sorted(os.listdir(tmp_path)) == ["bad.onnx"]

@@ -7,14 +7,15 @@ from collections import Counter
 import pytest
 
 import compiled
-from tools import drive_model, profile
+from edgeml.demo_model import build_small
+from tools import profile_artifact as profile
 from tools.compile import compile_model
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
   folder = tmp_path_factory.mktemp("profile")
-  drive_model.build(str(folder / "drive.onnx"), 16, 32, hidden=8)
+  build_small(str(folder / "drive.onnx"), 16, 32, hidden=8)
   compile_model(str(folder / "drive.onnx"), str(folder / "drive.edgeml"), log=lambda *_: None)
   return str(folder / "drive.edgeml")
 
@@ -56,7 +57,7 @@ def test_validate_passes_the_artifact_of_its_model(artifact, capsys):
 
 def test_tools_name_a_bad_input_instead_of_a_traceback(artifact, tmp_path):
   from onnx import TensorProto, helper, save
-  from tools import inspect, validate
+  from tools import inspect_artifact as inspect, validate
   bad = tmp_path / "bad.edgeml"
   bad.write_bytes(b"garbage")
   model = artifact.replace(".edgeml", ".onnx")
@@ -67,7 +68,7 @@ def test_tools_name_a_bad_input_instead_of_a_traceback(artifact, tmp_path):
     validate.main([str(tmp_path / "none.onnx"), artifact])
   value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 8])
   other = helper.make_model(helper.make_graph([helper.make_node("Relu", ["desire"], ["y"])], "other", [value("desire")],
-                                              [value("y")]), opset_imports=[helper.make_opsetid("", 17)])
+                                              [value("y")]), ir_version=9, opset_imports=[helper.make_opsetid("", 17)])
   save(other, str(tmp_path / "other.onnx"))
   with pytest.raises(SystemExit, match=r"has outputs \['plan', 'state_out'\] that .*other.onnx lacks"):
     validate.main([str(tmp_path / "other.onnx"), artifact])

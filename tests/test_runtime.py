@@ -1,5 +1,6 @@
 """The device runtime on the tiny three-kernel program: results against numpy, the three ways to run, the errors, the
 allocation-free frame, timing, the binary cache, and that `import compiled` stays away from the compiler."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import compiled
 from compiled.artifact import ArtifactError, write_artifact
 from compiled.device import Device, default_device
 from compiled.runtime import InputError, Program
+from compiled.targets import TARGETS
 from tiny_program import SOURCE, reference, tiny_spec
 
 rng = np.random.default_rng(1)
@@ -130,9 +132,9 @@ def test_unknown_names(prog):
   with pytest.raises(InputError, match="no input named 'y'"): prog.input_buffer("y")
 
 
-@pytest.mark.parametrize("target", ["nvidia", "adreno"])
+@pytest.mark.parametrize("target", sorted(TARGETS))
 def test_wrong_target(tmp_path, target):
-  if not default_device().is_pocl: pytest.skip("needs a PoCL default device")
+  if target == default_device().target.name: pytest.skip("the default device's own target")
   p = tmp_path / f"{target}.edgeml"
   write_artifact(tiny_spec(target), p)
   with pytest.raises(ArtifactError, match=f"compiled for target '{target}', but the device is .*allow_target_mismatch"):
@@ -162,7 +164,7 @@ def test_binary_cache(tmp_path, monkeypatch):
   monkeypatch.setenv("EDGEML_CACHE_DIR", str(tmp_path))
   def fresh():
     dev = Device(default_device().dev)
-    dev.is_pocl = False
+    dev.target = dataclasses.replace(dev.target, cache_binaries=True)
     return dev
   fresh().build(SOURCE, "-DFIRST")
   [binary] = (tmp_path / "kernels").iterdir()

@@ -5,6 +5,7 @@ x[1,8] -> h[n_out] = relu(w @ x + b) (arena, at a nonzero offset) -> y = h * s (
 import numpy as np
 
 from compiled.artifact import BufferSpec, KernelSpec, ProgramSpec, TensorSpec
+from compiled.device import default_device
 
 SOURCE = """
 __kernel void dense_relu(__global float *h, __global const float *x, __global const float *w,
@@ -32,8 +33,9 @@ def weights(n_out: int) -> tuple[np.ndarray, np.ndarray]:
   return rng.standard_normal((n_out, N_IN), np.float32), rng.standard_normal(n_out, np.float32)
 
 
-def tiny_spec(target: str = "pocl", align: int = 512, n_out: int = 16) -> ProgramSpec:
-  """n_out: a multiple of 8."""
+def tiny_spec(target: str | None = None, align: int = 512, n_out: int = 16) -> ProgramSpec:
+  """n_out: a multiple of 8; target: default the default device's."""
+  if target is None: target = default_device().target.name
   w, b = weights(n_out)
   b_at = -(-w.nbytes // 512) * 512
   return ProgramSpec(

@@ -44,7 +44,7 @@ def write_demo(path: str, layers: int = 8, width: int = 256) -> None:
   import numpy as np
   from compiled.artifact import BufferSpec, KernelSpec, ProgramSpec, TensorSpec, write_artifact
   from compiled.device import select_device
-  from compiled.runtime import device_target
+  from compiled.targets import target_of
   row, matrix = 4 * width, 4 * width * width
   buffers = [BufferSpec("input", 0, row), BufferSpec("output", 0, row),
              BufferSpec("arena", 0, row), BufferSpec("arena", 1024, row)]
@@ -57,7 +57,7 @@ def write_demo(path: str, layers: int = 8, width: int = 256) -> None:
     kernels.append(KernelSpec(f"dense{i}", (width,), (32,), args, 2 * width * width, matrix + 3 * row))
     source += DENSE.replace("NAME", f"dense{i}")
   weights = np.random.default_rng(0).standard_normal(layers * (matrix + 1024) // 4, np.float32) * width ** -0.5
-  target = device_target(select_device()) or "pocl"
+  target = target_of(select_device()).name
   write_artifact(ProgramSpec(target, "loadtime-demo", source, "", [TensorSpec("x", (1, width), "float32", 0)],
                              [TensorSpec("y", (1, width), "float32", 1)], buffers, kernels, arena_size=1024 + row,
                              align=512, weights=weights.tobytes()), path)
