@@ -17,12 +17,12 @@ setup(
     entry_points={"console_scripts": [
         "edgeml-compile=tools.compile:main",
         "edgeml-validate=tools.validate:main",
-        "edgeml-inspect=tools.inspect:main",
+        "edgeml-inspect=tools.inspect_artifact:main",
         "edgeml-bench=tools.bench:main",
         "edgeml-bus=tools.bus:main",
         "edgeml-bench-bus=tools.bench_bus:main",
         "edgeml-camerad=tools.camerad:main",
         "edgeml-modeld=tools.modeld:main",
-        "edgeml-profile=tools.profile:main",
+        "edgeml-profile=tools.profile_artifact:main",
     ]},
 )

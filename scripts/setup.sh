@@ -19,7 +19,7 @@ stamp=".venv/.installed-$(cat setup.py | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python dependencies" >&2
   python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  PYTHONWARNINGS=ignore python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true  # no BuildBackendWarning
   python -c "import numpy, pyopencl, zmq, capnp, onnx, onnxruntime, pytest, hypothesis" || { echo "setup: pip install failed" >&2; exit 1; }
   touch "$stamp"
 fi

@@ -11,15 +11,20 @@ The bus is the one EDGEML_PREFIX (and EDGEML_BUS_HOST) name. Subscribers here qu
 latest, so they see every message up to each service's queue size.
 """
 import argparse
+import glob
+import os
+import re
 import signal
 import sys
 import time
 
+import numpy as np
 import zmq
 
 from ipc.logfile import LogWriter, read_log
 from ipc.messaging import MessageError, PubMaster, decode, sub_socket
-from ipc.services import SERVICES, get_service
+from ipc.services import SERVICES, get_service, prefix, runtime_dir
+from ipc.tensors import get_outputs
 
 
 def receive(services, seconds=None):
@@ -41,8 +46,13 @@ def list_services(args):
   for name, _, _ in receive(SERVICES, args.time):
     counts[name] += 1
   live = [name for name, count in counts.items() if count]
+  print(f"bus EDGEML_PREFIX={prefix()}")
   if not live:
     print(f"no live services (listened {args.time} s)")
+    folders = glob.glob(os.path.join(os.path.dirname(runtime_dir()), "edgeml-*"))
+    others = sorted(os.path.basename(p)[7:] for p in folders if os.path.isdir(p) and p != runtime_dir())
+    if others:
+      print(f"other buses here: {', '.join(others)} (for example: EDGEML_PREFIX={others[0]} edgeml-bus list)")
   for name in live:
     s = SERVICES[name]
     print(f"{name:24s} {s.kind:12s} declared {s.rate_hz:6.1f} Hz  measured {counts[name] / args.time:6.1f} Hz")
@@ -61,11 +71,22 @@ def hz(args):
       count, start = 0, time.monotonic()
 
 
+def event_text(event) -> str:
+  """The event as capnp text, with each modelOutput tensor's bytes shown as its float32 numbers."""
+  text = str(event)
+  if event.which() != "modelOutput": return text
+  arrays = iter(get_outputs(event.modelOutput).values())
+  as_numbers = lambda _: "data = " + np.array2string(next(arrays).reshape(-1), separator=", ", threshold=12,
+                                                      edgeitems=4, max_line_width=10 ** 6,
+                                                      formatter={"float_kind": lambda v: f"{v:.6g}"})
+  return re.sub(r'data = "(?:[^"\\]|\\.)*"', as_numbers, text)
+
+
 def echo(args):
   shown = 0
   for name, _, data in receive([args.service], args.time):
     try:
-      print(decode(name, data), flush=True)
+      print(event_text(decode(name, data)), flush=True)
     except MessageError as e:
       print(f"malformed: {e}", file=sys.stderr)
     shown += 1
@@ -149,6 +170,12 @@ def main(argv=None) -> int:
     pass
   except (ValueError, RuntimeError) as e:  # a bad service name or log file; a service already published
     print(f"edgeml-bus: {e}", file=sys.stderr)
+    return 1
+  except BrokenPipeError:  # the reader went away (edgeml-bus echo ... | head): stop quietly, as a SIGPIPE'd command
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+  except OSError as e:  # a log file that is missing or cannot be read or written
+    print(f"edgeml-bus: {e.filename}: {e.strerror}" if e.filename else f"edgeml-bus: {e}", file=sys.stderr)
     return 1
   return 0
 

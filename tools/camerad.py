@@ -60,7 +60,8 @@ def write_synthetic(out: np.ndarray, frame_id: int, width: int, height: int, cam
 class VideoFile:
   """Frames of a .y4m (4:2:0) or raw NV12 file, as NV12, in a loop."""
   def __init__(self, path: str, size: tuple[int, int] | None):
-    self.f = open(path, "rb")
+    try: self.f = open(path, "rb")
+    except OSError as e: raise SystemExit(f"edgeml-camerad: --video {path}: {e.strerror}") from None
     self.y4m = self.f.read(10) == b"YUV4MPEG2 "
     self.f.seek(0)
     if self.y4m:

@@ -2,14 +2,18 @@
 
   python -m tools.demo [--seconds 10] [--model model.onnx]      (bash scripts/demo.sh)
 
-Compiles mini_drive (from ../shared/models beside the checkout; a small stand-in built with onnx.helper when it is
-absent) into build/, reusing the artifact while it is newer than the model and the compiler. Starts a consumer, the
-model daemon and a 20 Hz synthetic camera as processes on a bus of their own, publishes a calibration that maps the
-road ahead into the model's view, prints a line a second, then the summary: frames in and out, drops, latency from
-the camera's end of exposure to the consumer, model time and the slowest kernels. Leaves nothing in /dev/shm.
+The model is the project's own demo driving model (edgeml/demo_model.py: a mini_drive-shaped network with seeded
+weights), written to build/ once, or --model (an ONNX model with its inputs, e.g. ../shared/models/mini_drive.onnx).
+It is compiled with --tune by `edgeml-compile` into build/, once: later runs reuse the artifact while the model, the
+compiler's sources and the target are unchanged (build/NAME.key holds their digest). Starts a consumer, the model
+daemon and a 20 Hz synthetic camera as processes on a bus of their own (EDGEML_PREFIX, printed), publishes a
+calibration that maps the road ahead into the model's view, prints a line a second, then the summary: frames in and
+out, drops, latency from the camera's end of exposure to the consumer, model time and the slowest kernels. Leaves
+nothing in /dev/shm. Ctrl-C stops it (exit 130).
 """
 import argparse
 import glob
+import hashlib
 import json
 import os
 import select
@@ -23,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_MODEL = ROOT.parent / "shared" / "models" / "mini_drive.onnx"
 BUILD = ROOT / "build"
+TOP_KERNELS = 5
 CAMERA = (1928, 1208)
 START_S = 300  # bound on each startup wait (a cold OpenCL cache builds every kernel at the daemon's first load)
 
@@ -82,29 +86,47 @@ class Lines:
 
 
 def model_source(path: str | None) -> Path:
-  if path: return Path(path)
-  if SHARED_MODEL.exists(): return SHARED_MODEL
-  from tools import drive_model
-  fallback = BUILD / "drive_model.onnx"
-  print(f"demo: {SHARED_MODEL} is not there; using a small stand-in built with onnx.helper ({fallback})")
-  BUILD.mkdir(exist_ok=True)
-  drive_model.build(str(fallback), 128, 256, hidden=64)
-  return fallback
+  """--model, or the demo model in build/ (written once per builder version and parameters)."""
+  if path:
+    if not os.path.isfile(path): raise SystemExit(f"demo: no such model file: {path}")
+    return Path(path)
+  from edgeml import demo_model
+  onnx_path = BUILD / f"demo_drive-{demo_model.cache_key()}.onnx"
+  if not onnx_path.exists():
+    BUILD.mkdir(exist_ok=True)
+    print(f"demo: writing the demo model {onnx_path.relative_to(ROOT)} (edgeml/demo_model.py, version "
+          f"{demo_model.VERSION}, seeded weights)", flush=True)
+    demo_model.build(str(onnx_path) + ".tmp")
+    os.replace(str(onnx_path) + ".tmp", onnx_path)
+  return onnx_path
+
+
+def build_key(onnx_path: Path) -> str:
+  """The digest of what the artifact depends on: the model's bytes, the compiler's sources, the compile flags."""
+  digest = hashlib.sha256(b"--tune")
+  for path in [onnx_path, *sorted((ROOT / "edgeml").glob("*.py")), *sorted((ROOT / "compiled").glob("*.py")),
+               ROOT / "compiled" / "artifact.capnp", ROOT / "tools" / "compile.py"]:
+    digest.update(path.name.encode() + b"\0" + path.read_bytes())
+  return digest.hexdigest()
 
 
 def compiled_artifact(onnx_path: Path) -> Path:
-  """build/NAME.edgeml with its config, compiled unless it is newer than the model and every compiler source."""
-  from tools import drive_model
-  artifact = BUILD / f"{onnx_path.stem}.edgeml"
-  sources = [onnx_path, *(ROOT / "edgeml").glob("*.py"), ROOT / "compiled" / "artifact.py"]
-  if artifact.exists() and artifact.stat().st_mtime > max(p.stat().st_mtime for p in sources):
-    print(f"demo: reusing {artifact.relative_to(ROOT)} (newer than the model and the compiler)")
+  """build/NAME.edgeml with its modeld config (NAME.json), compiled unless build/NAME.key matches build_key."""
+  from edgeml.demo_model import CONFIG
+  artifact, key_file = BUILD / f"{onnx_path.stem}.edgeml", BUILD / f"{onnx_path.stem}.key"
+  key = build_key(onnx_path)
+  if artifact.exists() and key_file.exists() and key_file.read_text() == key:
+    print(f"demo: reusing {artifact.relative_to(ROOT)} (the model, the compiler and the flags are unchanged)")
   else:
-    from tools.compile import compile_model
     BUILD.mkdir(exist_ok=True)
-    print(f"demo: compiling {onnx_path} with --tune (once; later runs reuse it)")
-    compile_model(str(onnx_path), str(artifact), tune=True, log=lambda line: print(f"  {line}", flush=True))
-  artifact.with_suffix(".json").write_text(json.dumps(drive_model.CONFIG, indent=1))
+    print(f"demo: compiling {onnx_path} with --tune (once; later runs reuse it)", flush=True)
+    done = subprocess.run([sys.executable, "-m", "tools.compile", str(onnx_path), "-o", str(artifact), "--tune"],
+                          cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    for line in done.stdout.splitlines(): print(f"  {line}")
+    if done.returncode == 130: raise KeyboardInterrupt
+    if done.returncode: raise SystemExit(f"demo: edgeml-compile failed (exit {done.returncode})")
+    key_file.write_text(key)
+  artifact.with_suffix(".json").write_text(json.dumps(CONFIG, indent=1))
   return artifact
 
 
@@ -163,27 +185,38 @@ def run(artifact: Path, seconds: float) -> dict:
       if proc.stdout: proc.stdout.close()
 
 
-def top_kernels(artifact: Path, runs: int = 20, top: int = 5) -> list[str]:
-  import compiled
-  from tools import profile
-  program = compiled.load(artifact)
-  times, _, _ = profile.measure(program, runs)
-  return profile.format_rows(profile.kernel_rows(program, times), top)
+def top_kernels(artifact: Path, runs: int = 20) -> list[str]:
+  """The kernel table of `edgeml-profile -n runs --top TOP_KERNELS` (its rows, without the header line)."""
+  done = subprocess.run([sys.executable, "-m", "tools.profile_artifact", str(artifact), "-n", str(runs),
+                         "--top", str(TOP_KERNELS)], cwd=ROOT, capture_output=True, text=True)
+  if done.returncode: return [f"(edgeml-profile failed: {done.stderr.strip()})"]
+  return done.stdout.splitlines()[1:TOP_KERNELS + 3]
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser(prog="edgeml-demo", description=__doc__.split("\n\n")[0])
   ap.add_argument("--seconds", type=float, default=10.0, help="how long to run after the first output (default 10)")
-  ap.add_argument("--model", help="an ONNX model with mini_drive's inputs (default: mini_drive)")
+  ap.add_argument("--model", help="an ONNX model with the demo model's inputs and a `state`/`state_out` pair, such as "
+                  "../shared/models/mini_drive.onnx (default: the demo model, edgeml/demo_model.py)")
   ap.add_argument("--consume", action="store_true", help=argparse.SUPPRESS)  # the consumer process
   args = ap.parse_args(argv)
   if args.consume: return consume()
+  try:
+    demo(args)
+  except KeyboardInterrupt:
+    print("demo: interrupted", file=sys.stderr)
+    raise SystemExit(130)
+
+
+def demo(args) -> None:
   os.environ["EDGEML_PREFIX"] = prefix = f"demo{os.getpid()}"  # a bus of its own; children inherit it
   from compiled.device import default_device
   from ipc.framepool import SHM_DIR
   from ipc.services import runtime_dir
   print(f"demo: OpenCL device {default_device().name}")
   artifact = compiled_artifact(model_source(args.model))
+  print(f"demo: bus EDGEML_PREFIX={prefix}; to look at it from another shell while it runs: "
+        f"EDGEML_PREFIX={prefix} edgeml-bus list (or: echo modelOutput -n 1)", flush=True)
   try:
     s = run(artifact, args.seconds)
   finally:
@@ -197,7 +230,7 @@ def main(argv=None):
   print(f"  latency       camera end of frame -> consumer: median {ms(s['latency'], 50)}, p99 {ms(s['latency'], 99)}")
   print(f"  model time    wall median {ms(s['model'], 50)} (p99 {ms(s['model'], 99)}), device median "
         f"{ms(s['gpu'], 50)}")
-  print("  top kernels (20 runs, OpenCL events):")
+  print(f"  top kernels   {TOP_KERNELS} slowest of 20 runs (edgeml-profile, OpenCL events):")
   print("\n".join(f"    {line}" for line in top_kernels(artifact)))
   print(f"  /dev/shm      {'clean' if not left else 'LEFT: ' + ', '.join(left)}")
   if left or not s["outputs"]: raise SystemExit(1)

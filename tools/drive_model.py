@@ -1,52 +1,39 @@
-"""A small driving-model-shaped ONNX network built with onnx.helper: the demo's fallback when the shared mini_drive
-model is absent, and the model of the daemon tests.
+"""Write the project's driving model (edgeml/demo_model.py) and its modeld config beside it (OUT.json).
 
-Inputs as mini_drive: `input_imgs` (1, 12, H, W) two stacked YUV6 frames (0..255), `desire` (1, 8), `state`
-(1, hidden). A strided conv reads the image, a GRU-like cell updates the state:
-    f = relu(conv(input_imgs / 255)),  a = [flatten(f), desire, state]
-    z = sigmoid(a Wz + bz),  c = tanh(a Wc + bc),  state_out = (1 - z) * state + z * c,  plan = state_out Wp + bp
-Outputs `plan` (1, 32) and `state_out` (1, hidden), the recurrent state a daemon feeds back as `state`.
+  python -m tools.drive_model OUT.onnx [--small] [--height 128] [--width 256] [--hidden 256] [--seed 0]
+
+The default is the demo model (mini_drive's structure: conv stem, EfficientNet-lite blocks, GRU, plan, lane and lead
+heads); --small writes the one-conv model the daemon tests use. The same arguments give the same bytes.
 """
-import numpy as np
+import argparse
+import json
+import os
 
-DESIRE, PLAN, CONV_OUT, STRIDE = 8, 32, 4, 4
-
-CONFIG = {"inputs": {"input_imgs": {"source": "road", "layout": "yuv6", "frames": 2},
-                     "desire": {"source": "zeros"},
-                     "state": {"recurrent": "state_out"}},
-          "requires_calibration": False}
+from edgeml.demo_model import CONFIG, build_small as build  # noqa: F401  (tests/test_modeld.py reads these two)
 
 
-def build(path: str, height: int = 32, width: int = 64, hidden: int = 16, seed: int = 0) -> None:
-  """Write the model to `path`; `height` and `width` (multiples of 4) are the input's, half the warped image's."""
-  import onnx
-  from onnx import TensorProto, helper, numpy_helper
-  rng = np.random.default_rng(seed)
-  features = CONV_OUT * (height // STRIDE) * (width // STRIDE) + DESIRE + hidden
+def main(argv=None):
+  from edgeml import demo_model
+  ap = argparse.ArgumentParser(prog="python -m tools.drive_model", description=__doc__.split("\n\n")[0],
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  ap.add_argument("output", help="the .onnx file to write")
+  ap.add_argument("--small", action="store_true", help="the small test model (height, width multiples of 4)")
+  ap.add_argument("--height", type=int, help="input height (the demo model: a multiple of 64; default 128, "
+                  "--small 32)")
+  ap.add_argument("--width", type=int, help="input width (default 256, --small 64)")
+  ap.add_argument("--hidden", type=int, help="recurrent state size (default 256, --small 16)")
+  ap.add_argument("--seed", type=int, default=0, help="weight seed")
+  args = ap.parse_args(argv)
+  sizes = {k: v for k, v in (("height", args.height), ("width", args.width), ("hidden", args.hidden)) if v is not None}
+  folder = os.path.dirname(os.path.abspath(args.output))
+  if not os.path.isdir(folder): raise SystemExit(f"drive_model: no such folder: {folder}")
+  try:
+    (demo_model.build_small if args.small else demo_model.build)(args.output, seed=args.seed, **sizes)
+  except ValueError as e: raise SystemExit(f"drive_model: {e}")
+  config = os.path.splitext(args.output)[0] + ".json"
+  with open(config, "w") as f: json.dump(CONFIG, f, indent=1)
+  print(f"wrote {args.output} and its modeld config {config}")
 
-  def weight(name, *shape, scale=1.0):
-    return numpy_helper.from_array((rng.standard_normal(shape) * scale / np.sqrt(shape[0])).astype(np.float32), name)
 
-  inits = [numpy_helper.from_array(np.array(1 / 255, np.float32), "inv255"),
-           numpy_helper.from_array(np.array(1, np.float32), "one"),
-           weight("conv_w", CONV_OUT, 12, STRIDE, STRIDE, scale=0.5), weight("conv_b", CONV_OUT, scale=0.1),
-           weight("wz", features, hidden, scale=2.0), weight("bz", hidden, scale=0.1),
-           weight("wc", features, hidden, scale=2.0), weight("bc", hidden, scale=0.1),
-           weight("wp", hidden, PLAN), weight("bp", PLAN, scale=0.1)]
-  node = helper.make_node
-  nodes = [node("Mul", ["input_imgs", "inv255"], ["x"]),
-           node("Conv", ["x", "conv_w", "conv_b"], ["conv"], strides=[STRIDE, STRIDE]),
-           node("Relu", ["conv"], ["f"]), node("Flatten", ["f"], ["flat"]),
-           node("Concat", ["flat", "desire", "state"], ["a"], axis=1),
-           node("Gemm", ["a", "wz", "bz"], ["zl"]), node("Sigmoid", ["zl"], ["z"]),
-           node("Gemm", ["a", "wc", "bc"], ["cl"]), node("Tanh", ["cl"], ["c"]),
-           node("Sub", ["one", "z"], ["keep"]), node("Mul", ["keep", "state"], ["old"]),
-           node("Mul", ["z", "c"], ["new"]), node("Add", ["old", "new"], ["state_out"]),
-           node("Gemm", ["state_out", "wp", "bp"], ["plan"])]
-  io = lambda name, *shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, *shape])
-  graph = helper.make_graph(nodes, "drive_model",
-                            [io("input_imgs", 12, height, width), io("desire", DESIRE), io("state", hidden)],
-                            [io("plan", PLAN), io("state_out", hidden)], inits)
-  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-  onnx.checker.check_model(model)
-  onnx.save(model, path)
+if __name__ == "__main__":
+  main()

@@ -1,4 +1,4 @@
-"""edgeml-inspect: print what an artifact holds. Usage: `edgeml-inspect model.edgeml` (or `python -m tools.inspect`).
+"""edgeml-inspect: print what an artifact holds. Usage: `edgeml-inspect model.edgeml` (or `python -m tools.inspect_artifact`).
 
 Header facts, inputs and outputs, the buffer plan (image buffers with their format, size and row pitch), arena and
 weights sizes, and one line per kernel with its launch sizes, arguments (#n is buffer n), FLOPs and bytes, then the
