@@ -7,9 +7,13 @@ Built programs are cached on disk under EDGEML_CACHE_DIR (default ~/.cache/edgem
 they are machine code (every driver but PoCL), and PoCL's own kernel cache in `pocl/` (POCL_CACHE_DIR, unless set),
 because PoCL's program binaries hold only bitcode and would be compiled again at the first enqueue.
 """
-import os
+import atexit
 import functools
 import hashlib
+import os
+import shutil
+import sys
+import tempfile
 import numpy as np
 import pyopencl as cl
 from compiled.atomic import write_atomic
@@ -24,7 +28,28 @@ def cache_dir() -> str:
   return os.environ.get("EDGEML_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "edgeml")
 
 
-os.environ.setdefault("POCL_CACHE_DIR", os.path.join(cache_dir(), "pocl"))  # before the first platform query
+@functools.cache
+def cache_writable() -> bool:
+  """Whether cache_dir() can be created and written; warns once when not (a read-only root filesystem): then
+  nothing is cached and every process builds its kernels again."""
+  try:
+    os.makedirs(cache_dir(), exist_ok=True)
+    with tempfile.TemporaryFile(dir=cache_dir()): return True
+  except OSError as e:
+    print(f"edgeml: warning: cache folder {cache_dir()} is not writable ({e.strerror}); running without a kernel cache "
+          f"(slower starts). Set EDGEML_CACHE_DIR to a writable folder.", file=sys.stderr)
+    return False
+
+
+def _pocl_cache() -> str:
+  """PoCL finds no device without a writable cache folder: ours, else a private temporary one."""
+  if cache_writable(): return os.path.join(cache_dir(), "pocl")
+  scratch = tempfile.mkdtemp(prefix="edgeml-pocl-")
+  atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+  return scratch
+
+
+if "POCL_CACHE_DIR" not in os.environ: os.environ["POCL_CACHE_DIR"] = _pocl_cache()  # before the first platform query
 
 
 class DeviceError(RuntimeError):
@@ -80,7 +105,7 @@ class Device:
     """Build `source` once per process; later calls return the same program. Off PoCL the driver's binary is cached on
     disk, keyed by device, driver, options and source, so a later process skips the compiler."""
     if (prg := self._programs.get((source, options))) is None:
-      binary_path = self._binary_path(source, options) if self.target.cache_binaries else None
+      binary_path = self._binary_path(source, options) if self.target.cache_binaries and cache_writable() else None
       if (prg := self._from_binary(binary_path, options)) is None:
         try: prg = cl.Program(self.ctx, source).build(options)
         except cl.RuntimeError:  # once more: PoCL's kernel cache can trip over another process's build (pocl#430)

@@ -7,11 +7,13 @@ kernel's arguments, and runs the kernel list once so the driver generates its ma
 A frame copies inputs in, enqueues the fixed kernel list, copies outputs out and finishes the queue once.
 """
 import os
+import time
 
 import numpy as np
 import pyopencl as cl
 
 from compiled.artifact import ArtifactError, BufferSpec, KernelSpec, ProgramSpec, read_artifact
+from compiled.debug import DEBUG, kernel_line, say
 from compiled.device import Device, default_device, list_devices
 from compiled.targets import target_of
 
@@ -123,17 +125,32 @@ class Program:
 
   def execute(self) -> None:
     """One frame on the preallocated buffers: inputs in, every kernel, outputs out, one finish. Allocates no arrays."""
+    start = time.perf_counter() if DEBUG else 0.0
     queue = self.device.queue
     for buf, host in self._uploads: cl.enqueue_copy(queue, buf, host, is_blocking=False)
     for i, (kernel, global_size, local_size) in enumerate(self._launches):
       self._events[i] = cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
     for host, buf in self._downloads: cl.enqueue_copy(queue, host, buf, is_blocking=False)
     queue.finish()
+    if DEBUG: self._say_frame(time.perf_counter() - start)
+
+  def _say_frame(self, wall: float) -> None:
+    """EDGEML_DEBUG=2: a line per kernel of the frame just run; >= 1: the frame's line."""
+    if DEBUG >= 2:
+      for k, begin, end in self.last_kernel_times():
+        say(kernel_line(k.name, k.global_size, k.local_size, (end - begin) * 1e-9, k.flops, k.bytes))
+    say(f"{self.name}: {len(self.kernels)} kernels, {wall * 1e3:.3f} ms wall, {self.last_gpu_time * 1e3:.3f} ms on "
+        f"the device")
 
   def run(self, *args):
-    """run(feeds) -> {output name: array}, or onnxruntime's run(output_names or None, feeds) -> [array, ...]."""
+    """run(feeds) -> {output name: array}, or onnxruntime's run(output_names or None, feeds) -> [array, ...]. A program
+    with one input also takes the array itself as `feeds`."""
     if len(args) not in (1, 2): raise TypeError("use run(feeds) or run(output_names, feeds)")
-    self._feed(args[-1])
+    feeds = args[-1]
+    if not isinstance(feeds, dict):
+      if len(self.inputs) != 1: self._refuse(f"feeds must be a dict of {len(self.inputs)} inputs, not {type(feeds).__name__}")
+      feeds = {self.inputs[0].name: feeds}
+    self._feed(feeds)
     self.execute()
     if len(args) == 1: return {name: host.copy() for name, host in self._host_outputs.items()}
     return [self.output_buffer(name).copy() for name in (args[0] or self._host_outputs)]

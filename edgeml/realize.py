@@ -2,20 +2,12 @@
 
 EDGEML_DEBUG=2 prints one line per kernel with its OpenCL-event time, =3 adds the schedule, =4 the source.
 """
-import os
 import pyopencl as cl
+from compiled.debug import DEBUG, kernel_line, say
 from compiled.device import default_device
 from edgeml.ops import Op
 from edgeml.schedule import schedule
 from edgeml.codegen import render, program_source
-
-DEBUG = int(os.environ.get("EDGEML_DEBUG", "0"))
-
-
-def kernel_line(name: str, global_size: tuple, local_size: tuple, seconds: float, flops: int, nbytes: int) -> str:
-  us, launch = seconds * 1e6, "x".join(map(str, global_size)) + "/" + "x".join(map(str, local_size))
-  return (f"{name:<28} {launch:<16} {us:9.1f} us {flops / max(seconds, 1e-9) / 1e9:8.2f} GFLOP/s "
-          f"{nbytes / max(seconds, 1e-9) / 1e9:7.2f} GB/s")
 
 
 def realize(outputs: list, stats: list | None = None) -> None:
@@ -28,11 +20,11 @@ def realize(outputs: list, stats: list | None = None) -> None:
         raise ValueError(f"input {n.arg!r} {n.shape} is a placeholder without data: compile the graph (edgeml.compile) "
                          f"or build the input from an array")
   if DEBUG >= 3:
-    for i, it in enumerate(items): print(f"schedule {i}: {it.out} <- {[n.shape for n in it.loads]}")
+    for i, it in enumerate(items): say(f"schedule {i}: {it.out} <- {[n.shape for n in it.loads]}")
   for it in items:
     k = render(it)
     source = program_source([k])
-    if DEBUG >= 4: print(source)
+    if DEBUG >= 4: say(source)
     buf = dev.alloc(k.out.nbytes)
     kernel = dev.kernel(source, k.name)
     kernel.set_args(buf, *[n.buffer for n in k.loads])
@@ -41,5 +33,5 @@ def realize(outputs: list, stats: list | None = None) -> None:
       event.wait()
       seconds = (event.profile.end - event.profile.start) * 1e-9
       if stats is not None: stats.append((k, seconds))
-      if DEBUG >= 2: print(kernel_line(k.name, k.global_size, k.local_size, seconds, k.flops, k.bytes))
+      if DEBUG >= 2: say(kernel_line(k.name, k.global_size, k.local_size, seconds, k.flops, k.bytes))
     it.out.set_buffer(buf)

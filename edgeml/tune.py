@@ -10,7 +10,7 @@ import os
 from dataclasses import replace
 import pyopencl as cl
 from compiled.atomic import write_atomic
-from compiled.device import Device, cache_dir
+from compiled.device import Device, cache_dir, cache_writable
 from edgeml.codegen import Kernel, program_source
 
 MIN_FLOPS = 2_000_000   # smaller kernels are not worth a build
@@ -66,4 +66,4 @@ class Tuner:
     return times
 
   def _save(self):
-    write_atomic(self.path, json.dumps(self.cache).encode())
+    if cache_writable(): write_atomic(self.path, json.dumps(self.cache).encode())

@@ -64,6 +64,14 @@ def test_run_onnxruntime_form(prog):
   check({"y": y2, "best": best2}, x)
 
 
+def test_single_input_takes_the_array(prog):
+  x = x_like()
+  check(prog.run(x), x)
+  [y] = prog.run(["y"], x)
+  np.testing.assert_allclose(y, reference(x)["y"], rtol=1e-5, atol=1e-6)
+  with pytest.raises(InputError, match=r"input 'x' is float32\[1, 9\]"): prog.run(np.zeros((1, 9), np.float32))
+
+
 def test_run_returns_copies(prog):
   a = prog.run({"x": x_like()})["y"]
   kept = a.copy()
@@ -186,3 +194,40 @@ def test_import_compiled_stays_lean(path, tmp_path):
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(tmp_path / "pocl")
+
+
+CHILD_RUN = ("import sys, numpy as np, compiled\n"
+             "p = compiled.load(sys.argv[1])\n"
+             "x = np.arange(8, dtype=np.float32).reshape(1, 8)\n"
+             "np.save(sys.argv[2], p.run({'x': x})['y'])\n")
+
+
+def _run_child(path, tmp_path, **env) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k not in ("POCL_CACHE_DIR", "EDGEML_DEBUG")} | env
+  return subprocess.run([sys.executable, "-c", CHILD_RUN, str(path), str(tmp_path / "y.npy")], env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_runs_without_a_writable_cache(path, tmp_path):
+  """A read-only root filesystem: one warning naming the folder and the variable, and the program still runs."""
+  (tmp_path / "file").write_text("")
+  unwritable = tmp_path / "file" / "cache"   # under a regular file: no one can create it, root included
+  result = _run_child(path, tmp_path, EDGEML_CACHE_DIR=str(unwritable))
+  assert result.returncode == 0, result.stderr
+  warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+  assert len(warnings) == 1 and str(unwritable) in warnings[0] and "EDGEML_CACHE_DIR" in warnings[0], result.stderr
+  x = np.arange(8, dtype=np.float32).reshape(1, 8)
+  np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference(x)["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_debug_prints_a_line_per_kernel_and_frame(path, tmp_path):
+  result = _run_child(path, tmp_path, EDGEML_DEBUG="2")
+  assert result.returncode == 0, result.stderr
+  lines = result.stderr.splitlines()
+  frames = 2   # the warm-up at load and the run
+  for kernel in ("dense_relu", "scale", "argmax"):
+    mine = [line for line in lines if line.startswith(kernel + " ")]
+    assert len(mine) == frames and all("GFLOP/s" in line and "GB/s" in line for line in mine), result.stderr
+  assert sum("3 kernels" in line and "ms on the device" in line for line in lines) == frames, result.stderr
+  quiet = _run_child(path, tmp_path)
+  assert quiet.returncode == 0 and "dense_relu" not in quiet.stderr

@@ -6,7 +6,8 @@ import time
 import numpy as np
 from compiled.device import default_device
 from edgeml import Tensor
-from edgeml.realize import realize, kernel_line
+from compiled.debug import kernel_line
+from edgeml.realize import realize
 
 
 def reference(x, w, b, lw, lb):
