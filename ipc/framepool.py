@@ -1,7 +1,8 @@
 """Camera frames in shared memory: the pixels stay in a pool of buffers, only a small cameraFrame
 notice (buffer index and sequence) travels on the bus.
 
-Pool file /dev/shm/edgeml-<prefix>-<camera>, mapped by the server (read-write) and by clients (read-only):
+Pool file /dev/shm/edgeml-<prefix>-<camera>-<16 random hex digits>, mapped by the server (read-write) and by clients
+(read-only), found through a symbolic link named pool-<camera> in the private runtime directory (ipc/rundir.py):
     page 0:   header (magic, version, format, size, buffer count, pool id, owner pid),
               then one (start, end) pair of uint64 sequences per buffer
     page 1..: the buffers, each page-aligned
@@ -10,11 +11,20 @@ A reader whose notice says seq still finds `start == seq` after reading only if 
 reused meanwhile (Frame.still_valid). This relies on x86 keeping stores in order; ARM needs fences.
 
 A plain file in /dev/shm with mmap, not multiprocessing.shared_memory: on Python 3.11 a process that
-only attaches unlinks the segment when it exits.
+only attaches unlinks the segment when it exits. /dev/shm is shared by every user, so no name there is predictable
+(another user could create it first): the server creates a fresh random name (O_EXCL, mode 0600) and points to it
+from the runtime directory that only we can write; clients open it without following links and check it is ours.
+A server starting removes the pools of its camera left by servers of ours that are gone.
+
+Notices are read keep-latest: FrameClient.recv drains what has arrived and returns the newest notice that passes
+validation and names a buffer still holding its frame, so junk notices never displace a valid one.
 """
+import glob
 import mmap
 import os
+import re
 import secrets
+import stat
 import struct
 import time
 import weakref
@@ -22,8 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ipc.messaging import MessageError, PubMaster, new_message, parse, recv_within, sub_socket
-from ipc.services import camera_service, prefix
+from ipc.messaging import MessageError, PubMaster, drain, drain_limit, new_message, parse, recv_within, sub_socket
+from ipc.rundir import UnsafePath, open_private, private_dir
+from ipc.services import camera_service, prefix, runtime_dir
+from ipc.validate import DropLog
 
 SHM_DIR = "/dev/shm"
 PAGE = 4096
@@ -37,11 +49,29 @@ MAX_BUFFERS = (PAGE - SEQ_OFFSET) // 16
 
 
 def pool_name(camera: str) -> str:
+  """The start of the camera's pool file names: the full name adds '-' and 16 random hex digits."""
   return f"edgeml-{prefix()}-{camera}"
 
 
+def pointer_path(camera: str) -> str:
+  """The symbolic link in the runtime directory naming the camera's current pool file."""
+  return os.path.join(runtime_dir(), f"pool-{camera}")
+
+
 def pool_path(camera: str) -> str:
-  return os.path.join(SHM_DIR, pool_name(camera))
+  """The pool file the camera's server announced; FileNotFoundError if none, UnsafePath if the link names
+  anything but a pool file of this camera in SHM_DIR."""
+  pointer = pointer_path(camera)
+  try:
+    target = os.readlink(pointer)
+  except OSError as e:
+    if isinstance(e, FileNotFoundError):
+      raise
+    raise UnsafePath(f"{pointer} is not a symbolic link to a frame pool: refusing to use it (remove it)") from None
+  name = os.path.basename(target)
+  if os.path.dirname(target) != SHM_DIR or not re.fullmatch(re.escape(pool_name(camera)) + "-[0-9a-f]{16}", name):
+    raise UnsafePath(f"{pointer} points to {target!r}, not to a frame pool of camera {camera!r}: refusing it")
+  return target
 
 
 def _pid_alive(pid: int) -> bool:
@@ -81,9 +111,11 @@ class Pool:
   """A mapped pool file: its header, the sequence pairs, and views of the buffers."""
 
   def __init__(self, path: str, writable: bool):
-    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    fd = open_private(path, os.O_RDWR if writable else os.O_RDONLY)
     try:
       size = os.fstat(fd).st_size
+      if size < PAGE:
+        raise ValueError(f"{path}: {size} bytes, too short for a frame pool")
       prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
       self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=prot)
       self.inode = os.fstat(fd).st_ino
@@ -93,6 +125,8 @@ class Pool:
     magic, version, fmt, width, height, stride, buffers, buffer_bytes, self.pool_id, self.pid = header
     if magic != MAGIC or version != VERSION or fmt not in FORMATS.values():
       raise ValueError(f"{path}: not an edgeml frame pool of version {VERSION}")
+    if not (MIN_BUFFERS <= buffers <= MAX_BUFFERS and 0 < width <= stride and height > 0):
+      raise ValueError(f"{path}: the header's layout is impossible ({width}x{height}, stride {stride}, {buffers} buffers)")
     self.layout = Layout(width, height, stride, buffers)
     if buffer_bytes != self.layout.buffer_bytes or size != self.layout.file_bytes:
       raise ValueError(f"{path}: header does not match the file size")
@@ -111,29 +145,79 @@ class Pool:
     return y, uv
 
 
-def _create_pool(path: str, layout: Layout) -> None:
-  """Write a fresh pool file next to `path`, then rename it over `path` in one step: a client never
-  maps a half-made pool, and a stale file left by a dead server is replaced."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+def _create_pool(camera: str, layout: Layout) -> str:
+  """A fresh pool file of a random name (created exclusively, mode 0600, header written), returned."""
+  path = os.path.join(SHM_DIR, f"{pool_name(camera)}-{secrets.token_hex(8)}")
+  fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
   try:
     os.ftruncate(fd, layout.file_bytes)
     header = HEADER.pack(MAGIC, VERSION, FORMATS["nv12"], layout.width, layout.height, layout.stride,
                          layout.buffers, layout.buffer_bytes, secrets.randbits(64), os.getpid())
     os.pwrite(fd, header, 0)
-    os.rename(tmp, path)
   except BaseException:
-    os.unlink(tmp)
+    os.unlink(path)
     raise
+  finally:
+    os.close(fd)
+  return path
+
+
+def _point_to(camera: str, path: str) -> None:
+  """Make the camera's pointer name `path`, in one step (a client never sees a missing or half-made pool)."""
+  pointer = pointer_path(camera)
+  tmp = f"{pointer}.{os.getpid()}.tmp"
+  if os.path.lexists(tmp):
+    os.unlink(tmp)
+  os.symlink(path, tmp)
+  os.replace(tmp, pointer)
+
+
+def _owner_pid(path: str) -> int | None:
+  """The server pid in a pool file's header; None if it is not a readable pool of ours."""
+  try:
+    fd = open_private(path)
+  except (OSError, UnsafePath):
+    return None
+  try:
+    magic, *_, pid = HEADER.unpack(os.pread(fd, HEADER.size, 0).ljust(HEADER.size, b"\0"))
+    return pid if magic == MAGIC else None
   finally:
     os.close(fd)
 
 
-def _remove_if_ours(path: str, inode: int) -> None:
+def remove_stale_pools(camera: str) -> list:
+  """Remove the pool files of `camera` that are ours (owner uid) and whose server is gone; returns their paths.
+  Files of other users are never touched."""
+  removed = []
+  for path in glob.glob(os.path.join(SHM_DIR, glob.escape(pool_name(camera)) + "-*")):
+    try:
+      st = os.lstat(path)
+    except FileNotFoundError:
+      continue
+    if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+      continue
+    pid = _owner_pid(path)
+    if pid is not None and pid != os.getpid() and _pid_alive(pid):
+      continue
+    try:
+      os.unlink(path)
+      removed.append(path)
+    except FileNotFoundError:
+      pass
+  return removed
+
+
+def _remove_if_ours(camera: str, path: str, inode: int) -> None:
+  """Remove our pool file, and the pointer if it still names it (not a successor's)."""
   try:
-    if os.stat(path).st_ino == inode:  # not a successor's pool
+    if os.stat(path).st_ino == inode:
       os.unlink(path)
   except FileNotFoundError:
+    pass
+  try:
+    if os.readlink(pointer_path(camera)) == path:
+      os.unlink(pointer_path(camera))
+  except OSError:
     pass
 
 
@@ -155,12 +239,14 @@ class FrameServer:
     if stride is not None and stride < width:
       raise ValueError(f"stride {stride} is less than the width {width}")
     self.camera, self.service = camera, camera_service(camera).name
-    self.path = pool_path(camera)
+    private_dir(runtime_dir())
     self._refuse_live_owner()
-    _create_pool(self.path, Layout(width, height, stride or width, buffers))
+    self.stale_removed = remove_stale_pools(camera)
+    self.path = _create_pool(camera, Layout(width, height, stride or width, buffers))
     self.pool = Pool(self.path, writable=True)
-    self._remove_pool = weakref.finalize(self, _remove_if_ours, self.path, self.pool.inode)  # also at exit
+    self._remove_pool = weakref.finalize(self, _remove_if_ours, camera, self.path, self.pool.inode)  # also at exit
     self.pm = PubMaster([self.service])
+    _point_to(camera, self.path)
     lay = self.pool.layout
     self.notice = new_message(self.service, camera=camera, width=lay.width, height=lay.height, stride=lay.stride,
                               format=fmt, pool=os.path.basename(self.path), poolId=self.pool.pool_id)
@@ -170,11 +256,12 @@ class FrameServer:
 
   def _refuse_live_owner(self):
     try:
-      owner = Pool(self.path, writable=False).pid
-    except (FileNotFoundError, ValueError):
-      return  # none, or unreadable: replaced below
-    if owner != os.getpid() and _pid_alive(owner):
-      raise RuntimeError(f"camera {self.camera!r} is already served by pid {owner} ({self.path})")
+      path = pool_path(self.camera)
+    except FileNotFoundError:
+      return
+    owner = _owner_pid(path)
+    if owner is not None and owner != os.getpid() and _pid_alive(owner):
+      raise RuntimeError(f"camera {self.camera!r} is already served by pid {owner} ({path})")
 
   def next_buffer(self) -> np.ndarray:
     """The next buffer as a flat, writable uint8 view, already marked as being overwritten."""
@@ -246,42 +333,57 @@ class FrameClient:
 
   def __init__(self, camera: str, timeout_s: float = 5.0):
     self.camera, self.service = camera, camera_service(camera).name
-    self.path = pool_path(camera)
-    self.sock = sub_socket(self.service)  # keep-latest: recv() gives the newest frame
+    self.sock = sub_socket(self.service)  # read keep-latest: recv() gives the newest frame
+    self.limit = drain_limit(self.service)
     self.overwritten = 0   # notices whose buffer was already reused when they were read
     self.errors = 0        # malformed notices
+    self.drops = DropLog(f"FrameClient({camera})")
     deadline = time.monotonic() + timeout_s
     while True:
       try:
+        self.path = pool_path(camera)
         self.pool = Pool(self.path, writable=False)
         break
+      except UnsafePath:
+        self.sock.close()
+        raise
       except (FileNotFoundError, ValueError):
         if time.monotonic() > deadline:
           self.sock.close()
-          raise TimeoutError(f"no frame pool for camera {camera!r} at {self.path} after "
+          raise TimeoutError(f"no frame pool for camera {camera!r} at {pointer_path(camera)} after "
                              f"{timeout_s} s: is its FrameServer running?") from None
         time.sleep(0.02)
 
   def recv(self, timeout_ms: int = 100) -> Frame | None:
-    """The newest frame announced within timeout_ms, or None. (A process that also needs other
-    services can take the notices from its SubMaster and pass them to view() instead.)"""
-    data = recv_within(self.sock, timeout_ms)
-    if data is None:
-      return None
-    try:
-      event, notice = parse(data, "cameraFrame")
-    except MessageError:
-      self.errors += 1
-      return None
-    return self.view(notice, event.logMonoTime)
+    """The newest frame announced within timeout_ms (-1: no limit), or None. Notices that are malformed or name
+    no frame (counted in errors, or overwritten) make it wait on for the rest of the time. (A process that also
+    needs other services can take the notices from its SubMaster and pass them to view() instead.)"""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+      data = recv_within(self.sock, timeout_ms)
+      if data is None:
+        return None
+      for data in reversed([data, *drain(self.sock, self.limit)]):
+        try:
+          event, notice = parse(data, "cameraFrame")
+        except MessageError as e:
+          self.errors += 1
+          self.drops.drop(self.service, str(e))
+          continue
+        if (frame := self.view(notice, event.logMonoTime)) is not None:
+          return frame
+      if timeout_ms >= 0:
+        timeout_ms = int((deadline - time.monotonic()) * 1000)
+        if timeout_ms <= 0:
+          return None
 
   def view(self, notice, log_mono_time: int = 0) -> Frame | None:
     """The frame a cameraFrame notice names, or None if its buffer has been reused already or the notice names no
     buffer of the pool (a malformed notice, counted in errors)."""
     if notice.poolId != self.pool.pool_id:
       try:
-        pool = Pool(self.path, writable=False)
-      except (FileNotFoundError, ValueError):
+        pool = Pool(pool_path(self.camera), writable=False)
+      except (OSError, ValueError, UnsafePath):
         return None
       if notice.poolId != pool.pool_id:
         return None  # a notice from a server that is gone

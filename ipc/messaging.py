@@ -1,11 +1,18 @@
 """Typed pub/sub over pyzmq: new_message, PubMaster, SubMaster.
 
-Choices, each for a trap measured on this machine (see BUS_NOTES.md):
-  - Every message is one zmq part, so a keep-latest (ZMQ_CONFLATE) subscriber is safe; conflate
-    with multipart aborts the process.
-  - Keep-latest is the default: a high-water mark alone still lets kernel buffers hold seconds of
-    old messages. Subscribers that need every message (recorder, echo) ask for conflate=False and
-    get the service's queue; past it the publisher drops, it never blocks.
+Choices, each for a trap measured on this machine (see BUS_NOTES.md) or found by an attacker (issue 10):
+  - Every message is one zmq part. A multipart message is read whole and dropped as malformed (ZMQ_CONFLATE is not
+    used: with a multipart message it aborts the process inside libzmq).
+  - Keep-latest is the default, done by the reader: each read drains what has arrived (without blocking, at most
+    about a queue's worth) and keeps the newest message that passes validation, so junk never displaces the
+    latest valid message. A high-water mark alone would let kernel buffers hold seconds of old messages.
+    Subscribers that need every message (recorder, echo) ask for conflate=False and get the service's queue; past
+    it the publisher drops, it never blocks.
+  - Every message is validated whole before anyone sees it (ipc/validate.py); a malformed one is counted, dropped
+    and reported at a bounded rate, never raised into a consumer.
+  - Each subscriber socket refuses messages over the service's max_bytes (ZMQ_MAXMSGSIZE) and holds at most
+    Service.hwm of them: its memory is bounded in bytes.
+  - ipc:// sockets live in a private runtime directory (ipc/rundir.py), checked by publishers and subscribers.
   - Publishers are XPUB sockets: they see subscriptions arrive, so a caller can wait out the slow
     joiner (messages sent before a subscriber has connected are silently lost).
   - Messages are received as bytes (copied, 8-byte aligned) because capnp refuses unaligned data.
@@ -14,21 +21,19 @@ Choices, each for a trap measured on this machine (see BUS_NOTES.md):
 """
 import os
 import socket
-import struct
 import time
 
-import capnp
 import zmq
 
 from ipc.health import ServiceHealth
+from ipc.rundir import private_dir
 from ipc.schema import Event
 from ipc.services import get_service, endpoint, runtime_dir
+from ipc.validate import DropLog, MessageError, parse
 
-MAX_SEGMENTS = 512
-
-
-class MessageError(ValueError):
-  """Bytes that are not a well-formed Event of the expected kind."""
+PUB_MAX_SUBSCRIPTION_BYTES = 256  # what a publisher accepts from a subscriber (a subscription is 1 byte + a topic)
+__all__ = ["MessageError", "new_message", "decode", "parse", "recv_one", "recv_within", "drain", "sub_socket",
+           "PubMaster", "SubMaster"]
 
 
 def new_message(service: str, valid: bool = True, **fields):
@@ -43,38 +48,18 @@ def new_message(service: str, valid: bool = True, **fields):
   return msg
 
 
-def _segments(data: bytes):
-  """The segments of a capnp message in standard framing (segment count - 1, sizes, then the segments),
-  which must fill `data` exactly."""
-  if data[:4] == b"\0\0\0\0" and len(data) == 8 + 8 * int.from_bytes(data[4:8], "little"):
-    return (memoryview(data)[8:],)  # one segment: nearly every message
-  count = int.from_bytes(data[:4], "little") + 1
-  header = (4 * (count + 1) + 7) // 8 * 8
-  if len(data) < 8 or count > MAX_SEGMENTS or len(data) < header:
-    raise MessageError(f"not a capnp message ({len(data)} bytes)")
-  sizes = struct.unpack_from(f"<{count}I", data, 4)
-  if header + 8 * sum(sizes) != len(data):
-    raise MessageError(f"{len(data)} bytes where the segment table says {header + 8 * sum(sizes)}")
-  view, segments = memoryview(data), []
-  for size in sizes:
-    segments.append(view[header:header + 8 * size])
-    header += 8 * size
-  return segments
-
-
 def decode(service: str, data: bytes):
-  """The Event reader for `data`, checked to be a whole capnp message carrying `service`'s kind;
-  MessageError otherwise (not capnp, truncated, another or an unknown union member)."""
+  """The Event reader for `data`, checked whole (ipc/validate.py) to be a capnp message carrying `service`'s kind;
+  MessageError otherwise (not capnp, truncated, another or an unknown union member, a broken pointer inside)."""
   return parse(data, get_service(service).kind)[0]
 
 
-def parse(data: bytes, kind: str):
-  """(event, its `kind` member) for `data`, as decode() checks it, or MessageError."""
-  try:
-    event = Event.from_segments(_segments(data))  # a reader that keeps `data` alive, unlike from_bytes
-    return event, getattr(event, kind)  # raises unless `kind` is the member set, and readable
-  except capnp.KjException as e:
-    raise MessageError(f"not a readable Event carrying {kind!r} ({len(data)} bytes): {e}") from None
+def _ipc_ready(name: str) -> str:
+  """The endpoint of `name`, its runtime directory created or checked first (ipc/rundir.py)."""
+  address = endpoint(name)
+  if address.startswith("ipc://"):
+    private_dir(runtime_dir())
+  return address
 
 
 def _listening(path: str) -> bool:
@@ -87,26 +72,54 @@ def _listening(path: str) -> bool:
       return False
 
 
+MULTIPART = b""  # what recv_one gives for a multipart message: parse() refuses it like any malformed one
+
+
+def recv_one(sock: zmq.Socket, flags: int = 0) -> bytes:
+  """The next message on `sock`; a multipart one has all its parts read and comes back as MULTIPART
+  (zmq.Again as sock.recv raises it)."""
+  data = sock.recv(flags)
+  if not sock.getsockopt(zmq.RCVMORE):
+    return data
+  while sock.getsockopt(zmq.RCVMORE):
+    sock.recv(zmq.NOBLOCK)  # the parts of a message arrive together
+  return MULTIPART
+
+
 def recv_within(sock: zmq.Socket, timeout_ms: int):
   """The next message on `sock` within timeout_ms (-1: no limit), or None. A blocking receive wakes
   sooner than zmq_poll followed by recv."""
   sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
   try:
-    return sock.recv()
+    return recv_one(sock)
   except zmq.Again:
     return None
 
 
+def drain(sock: zmq.Socket, limit: int) -> list:
+  """The messages waiting on `sock`, oldest first, without blocking: at most `limit`, so that a flood cannot
+  keep the reader here."""
+  got = []
+  while len(got) < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+    got.append(recv_one(sock, zmq.NOBLOCK))
+  return got
+
+
+def drain_limit(service: str) -> int:
+  return 2 * get_service(service).hwm + 16
+
+
 def sub_socket(service: str, conflate: bool = True) -> zmq.Socket:
-  """A SUB socket connected to `service`: keep-latest, or queueing up to the service's queue size."""
+  """A SUB socket connected to `service`, holding at most the service's hwm messages of at most its max_bytes.
+  Keep-latest (conflate) is the reader's part, the socket is the same: SubMaster and FrameClient drain it on
+  every read; a plain recv() reads it as a queue."""
+  info = get_service(service)
   sock = zmq.Context.instance().socket(zmq.SUB)
   sock.setsockopt(zmq.LINGER, 0)
-  if conflate:
-    sock.setsockopt(zmq.CONFLATE, 1)  # must precede connect
-  else:
-    sock.setsockopt(zmq.RCVHWM, get_service(service).queue)
+  sock.setsockopt(zmq.RCVHWM, info.hwm)
+  sock.setsockopt(zmq.MAXMSGSIZE, info.max_bytes)
   sock.setsockopt(zmq.SUBSCRIBE, b"")
-  sock.connect(endpoint(service))
+  sock.connect(_ipc_ready(service))
   return sock
 
 
@@ -120,16 +133,19 @@ class PubMaster:
     self.send_flags = 0 if lossless else zmq.NOBLOCK
     for name in services:
       service = get_service(name)
-      address = endpoint(name)
+      address = _ipc_ready(name)
       if address.startswith("ipc://"):
-        os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
-        if _listening(address.removeprefix("ipc://")):  # binding would silently steal the path
+        path = address.removeprefix("ipc://")
+        if _listening(path):  # binding would silently steal the path
           raise RuntimeError(f"{name} is already published by another process ({address})")
+        if os.path.lexists(path):
+          os.unlink(path)  # a stale socket of ours: nobody listens on it
       sock = zmq.Context.instance().socket(zmq.XPUB)
       sock.setsockopt(zmq.LINGER, 0)
       sock.setsockopt(zmq.SNDHWM, service.queue)
       sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscriber, not only the first
       sock.setsockopt(zmq.XPUB_NODROP, lossless)
+      sock.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_SUBSCRIPTION_BYTES)
       sock.bind(address)
       self.sockets[name], self.seq[name], self.subscriptions[name] = sock, 0, 0
 
@@ -143,6 +159,9 @@ class PubMaster:
       self.seq[service] += 1
       msg.seq = self.seq[service]
       msg = msg.to_bytes()
+    if len(msg) > (limit := get_service(service).max_bytes):
+      raise ValueError(f"a {len(msg)}-byte {service} message is over the service's max_bytes ({limit}): "
+                       f"subscribers would drop it and their connection")
     sock.send(msg, self.send_flags)
 
   def wait_for_subscribers(self, service: str, count: int = 1, timeout_s: float = 5.0) -> bool:
@@ -182,7 +201,9 @@ class SubMaster:
 
   After update(): for each service, updated, recv_frame (update count at last receipt), recv_time
   (time.monotonic()), logMonoTime, valid, alive, freq_ok, errors (malformed messages dropped), and
-  sm[service], the newest message's union member (a default one before any arrives).
+  sm[service], the newest valid message's union member (a default one before any arrives).
+  Keep-latest (the default) drains each socket on every update and keeps the newest message that passes
+  validation; conflate=False takes every message in order (up to the queue, a flood cannot hold update()).
   """
 
   def __init__(self, services, poll: str | None = None, conflate: bool = True):
@@ -190,12 +211,13 @@ class SubMaster:
     self.kinds = {name: get_service(name).kind for name in self.services}
     if poll is not None and poll not in self.services:
       raise ValueError(f"poll service {poll!r} is not among {self.services}")
-    self.poll = poll
-    self.sockets = {name: sub_socket(name, conflate) for name in self.services}
+    self.poll, self.conflate = poll, conflate
+    self.sockets = {name: sub_socket(name) for name in self.services}
     self.names = {sock: name for name, sock in self.sockets.items()}
+    self.limits = {name: drain_limit(name) for name in self.services}
     self.poll_items = [(sock, zmq.POLLIN) for sock in self.sockets.values()]
-    self.single_latest = conflate and len(self.services) == 1   # one socket holding at most one message
     self.health = {name: ServiceHealth(get_service(name).rate_hz) for name in self.services}
+    self.drops = DropLog("SubMaster")
     self.frame = 0
     self.updated = dict.fromkeys(self.services, False)
     self.recv_frame = dict.fromkeys(self.services, 0)
@@ -219,11 +241,11 @@ class SubMaster:
     first = self._wait(timeout_ms)
     now = time.monotonic()
     if first is not None:
-      self._receive(self.poll, first, now)
-    if first is None or not self.single_latest:   # a single keep-latest socket just read holds nothing more
-      while ready := zmq.zmq_poll(self.poll_items, 0):  # one call for all sockets, faster than get(EVENTS)
-        for sock, _ in ready:
-          self._receive(self.names[sock], sock.recv(), now)
+      self._take(self.poll, [first, *drain(self.sockets[self.poll], self.limits[self.poll])], now)
+    if first is None or len(self.sockets) > 1:  # the poll socket alone was just drained
+      for sock, _ in zmq.zmq_poll(self.poll_items, 0):  # one call for all sockets, faster than get(EVENTS)
+        name = self.names[sock]
+        self._take(name, drain(sock, self.limits[name]), now)
     for name, health in self.health.items():
       self.alive[name] = alive = now - health.recv_time < health.alive_s
       self.freq_ok[name] = alive and health.rate_ok
@@ -237,18 +259,24 @@ class SubMaster:
       return None
     return recv_within(self.sockets[self.poll], timeout_ms)
 
-  def _receive(self, name, data, now):
-    try:
-      event, self.data[name] = parse(data, self.kinds[name])
-    except MessageError:
-      self.errors[name] += 1
-      return
-    self.updated[name] = True
-    self.recv_frame[name] = self.frame
-    self.recv_time[name] = now
-    self.logMonoTime[name] = event.logMonoTime
-    self.valid[name] = event.valid
-    self.health[name].add(now, event.seq, event.logMonoTime)
+  def _take(self, name, batch, now):
+    """Keep-latest: the newest valid message of `batch` (older ones are superseded unread); queueing: each in order."""
+    for data in reversed(batch) if self.conflate else batch:
+      try:
+        event, member = parse(data, self.kinds[name])
+      except MessageError as e:
+        self.errors[name] += 1
+        self.drops.drop(name, str(e))
+        continue
+      self.data[name] = member
+      self.updated[name] = True
+      self.recv_frame[name] = self.frame
+      self.recv_time[name] = now
+      self.logMonoTime[name] = event.logMonoTime
+      self.valid[name] = event.valid
+      self.health[name].add(now, event.seq, event.logMonoTime)
+      if self.conflate:
+        return
 
   def all_checks(self, services=None) -> bool:
     names = self.services if services is None else services

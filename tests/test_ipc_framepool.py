@@ -1,12 +1,13 @@
 """Frame pool across processes: zero-copy views, buffer reuse caught, server restart and cleanup.
 Children are this file run as a script (see the role at the bottom)."""
+import glob
 import os
 import sys
 
 import numpy as np
 import pytest
 
-from ipc.framepool import SHM_DIR, FrameClient, FrameServer, pool_path
+from ipc.framepool import SHM_DIR, FrameClient, FrameServer, pointer_path, pool_name, pool_path
 from ipc.messaging import new_message
 from ipc.testing import Children, isolated_bus, read_command
 
@@ -76,26 +77,27 @@ def test_zero_copy_views_and_reuse_detected(children):
 
 
 def test_restart_reattaches_and_clean_exit_removes_pool(children):
-  path = pool_path("road")
   crashed = children(__file__, "serve")
   crashed.expect("ready")
   with FrameClient("road") as client:
     crashed.tell("1")
     old = frame_number(client, 1)
     assert old is not None
+    path = pool_path("road")
     with pytest.raises(RuntimeError, match="already served by pid"):
       FrameServer("road", W, H)
     crashed.kill()  # SIGKILL: no cleanup runs
     assert os.path.exists(path)  # a crash leaves the pool behind...
     restarted = children(__file__, "serve")
-    restarted.expect("ready")  # ...and the next server reclaims it
+    restarted.expect("ready")  # ...and the next server removes it, in a pool of a new name
+    assert not os.path.exists(path) and pool_path("road") != path
     restarted.tell("7")
     new = frame_number(client, 7)
     assert new is not None and new.pool is not old.pool and new.pool.pool_id != old.pool.pool_id
     assert old.y[0, 0] == 1  # the old frame still reads its own (now unlinked) pool
     assert restarted.stop() == 0
-    assert not os.path.exists(path)
-    assert [f for f in os.listdir(SHM_DIR) if f.startswith(os.path.basename(path))] == []
+    assert not os.path.lexists(pointer_path("road"))
+    assert glob.glob(os.path.join(SHM_DIR, pool_name("road") + "*")) == []
 
 
 def serve():

@@ -64,7 +64,7 @@ def raw_socket(kind, name):
 
 def sender(rounds: int, gap_s: float) -> dict:
   """Runs the receiver as a child, sends every case once per round, returns its latencies (ns) per case."""
-  os.makedirs(runtime_dir(), exist_ok=True)
+  os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
   event_pub, frame_pub = raw_socket(zmq.PUB, "event"), raw_socket(zmq.PUB, "frame")
   acks = zmq.Context.instance().socket(zmq.PULL)
   acks.bind(address("ack"))
