@@ -32,8 +32,53 @@ ALU = {
 VECTOR_ALU = {op: ALU[op] for op in (Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.SIN, Op.FLOOR, Op.ADD, Op.MUL, Op.DIV)}
 VECTOR_ALU.update({Op.MAX: "fmax({0},{1})", Op.POW: "pow({0},{1})", Op.WHERE: "({0}?{1}:{2})"})
 
-PRELUDE = """int floordiv_i(int a, int b) { return (a - (a % b + b) % b) / b; }
-int floormod_i(int a, int b) { return (a % b + b) % b; }
+# Integer ops that C leaves undefined for some operands, rendered so every operand has numpy's answer. {t}: the type,
+# {u}: its unsigned twin, {w}: the unsigned type the arithmetic runs in (uint, ulong for 64-bit: narrower types would
+# be promoted to int, where ushort*ushort can overflow). ADD/MUL/NEG wrap modulo 2^bits like numpy; the result is
+# reinterpreted with as_{t} (a bit copy, no out-of-range conversion). A zero divisor gives 0 (numpy's result);
+# INT_MIN / -1 wraps to INT_MIN and INT_MIN % -1 is 0.
+SIGNED_ALU = {
+  Op.ADD: "as_{t}(({u})(({w})({0})+({w})({1})))", Op.MUL: "as_{t}(({u})(({w})({0})*({w})({1})))",
+  Op.NEG: "as_{t}(({u})(-({w})({0})))",
+  Op.DIV: "({1}==0?({t})0:{1}==-1?as_{t}(({u})(-({w})({0}))):({t})({0}/{1}))",
+  Op.MOD: "({1}==0||{1}==-1?({t})0:({t})({0}%{1}))",
+}
+UNSIGNED_ALU = {
+  Op.ADD: "({u})(({w})({0})+({w})({1}))", Op.MUL: "({u})(({w})({0})*({w})({1}))", Op.NEG: "({u})(-({w})({0}))",
+  Op.DIV: "({1}==0?({t})0:({t})({0}/{1}))", Op.MOD: "({1}==0?({t})0:({t})({0}%{1}))",
+}
+
+
+def int_alu(op: Op, dtype: np.dtype, srcs) -> str | None:
+  """`op` on integer operands without undefined behaviour (SIGNED_ALU/UNSIGNED_ALU); None for ops C defines for every
+  operand (comparisons, bitwise ops, MAX, WHERE)."""
+  table = SIGNED_ALU if dtype.kind == "i" else UNSIGNED_ALU if dtype.kind == "u" else {}
+  if dtype.kind == "b" and op in (Op.DIV, Op.MOD): table = UNSIGNED_ALU   # bools are uchar 0/1: only the zero divisor
+  if op not in table: return None
+  t = ctype(dtype)
+  u, w = ("u" + t).replace("uu", "u"), "ulong" if dtype.itemsize == 8 else "uint"
+  return table[op].replace("{t}", t).replace("{u}", u).replace("{w}", w).format(*srcs)
+
+
+def cast_expr(value: str, src: np.dtype, dst: np.dtype) -> str:
+  """`value` (of dtype `src`) converted to `dst` without undefined behaviour. To bool: != 0. To float: a C cast.
+  Float to int: truncation toward zero like numpy for in-range values; out of range saturates to the type's min/max
+  and NaN gives 0 (convert_T_sat_rtz, NaN tested first as not every driver maps it to 0; C leaves both undefined
+  and numpy's result is platform-specific). Int to a
+  narrower or same-size signed int: the low bits, like numpy (via the unsigned twin and as_T, a bit copy)."""
+  if dst.kind == "b": return f"({value}!=0)"
+  t = "float" if dst.type is np.float16 else ctype(dst)
+  if dst.kind == "f": return f"(({t}){value})"
+  if src.kind == "f": return f"({value}!={value}?({t})0:convert_{t}_sat_rtz({value}))"   # NaN: 0 on every driver
+  if dst.kind == "i" and src.kind != "b" and dst.itemsize <= src.itemsize: return f"as_{t}((u{t}){value})"
+  return f"(({t}){value})"
+
+# Floor division and modulo for index math (edgeml/symbolic.py) whose numerator can be negative; the divisor is a
+# positive constant there. No intermediate can overflow: the remainder is corrected only when its sign is wrong.
+PRELUDE = """int floormod_i(int a, int b) { int r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
+int floordiv_i(int a, int b) { int r = a % b; return a / b - ((r != 0 && ((r < 0) != (b < 0))) ? 1 : 0); }
+long floormod_l(long a, long b) { long r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
+long floordiv_l(long a, long b) { long r = a % b; return a / b - ((r != 0 && ((r < 0) != (b < 0))) ? 1 : 0); }
 """
 
 # added to programs whose kernels read weights through image2d_t (RGBA texels of 4 consecutive elements)
@@ -67,7 +112,11 @@ def literal(value, dtype: np.dtype) -> str:
     if math.isinf(v): return "INFINITY" if v > 0 else "(-INFINITY)"
     return f"{v!r}f" if dtype.itemsize <= 4 else repr(v)
   if dtype.kind == "b": return "1" if value else "0"
-  return f"{int(value)}L" if dtype.itemsize == 8 else f"({ctype(dtype)}){int(value)}"
+  v, info = int(value), np.iinfo(dtype)
+  if not info.min <= v <= info.max: raise ValueError(f"{v} does not fit {dtype}")
+  if dtype.kind == "i" and v == info.min: return f"({ctype(dtype)})({v + 1}{'L' if dtype.itemsize == 8 else ''}-1)"
+  if dtype.itemsize == 8: return f"{v}UL" if dtype.kind == "u" else f"{v}L"   # a literal too big for long is invalid
+  return f"({ctype(dtype)}){v}{'u' if dtype.kind == 'u' else ''}"
 
 
 MAX_UNROLL = 16   # reduce iterations unrolled at most (3x3 windows yes, long channel loops no)
@@ -140,11 +189,9 @@ class _Renderer:
       self.flops += self.trips * self.width
       return self._vector_alu(n, srcs)
     self.flops += self.trips
-    if n.op is Op.CAST: return self.emit(n.dtype, f"({srcs[0]}!=0)" if n.dtype.kind == "b" else
-                                         f"(({self.compute_type(n.dtype)}){srcs[0]})")
+    if n.op is Op.CAST: return self.emit(n.dtype, cast_expr(srcs[0], n.src[0].dtype, n.dtype))
     if n.op is Op.MOD and n.dtype.kind == "f": return self.emit(n.dtype, f"fmod({srcs[0]},{srcs[1]})")
-    if n.op is Op.MOD: return self.emit(n.dtype, f"({srcs[0]}%{srcs[1]})")
-    return self.emit(n.dtype, ALU[n.op].format(*srcs))
+    return self.emit(n.dtype, int_alu(n.op, n.dtype, srcs) or ALU[n.op].format(*srcs))
 
   def _vector_alu(self, n: Node, srcs: list) -> str:
     if n.op is Op.WHERE and self.is_vector(srcs[0]) and n.dtype == np.float32:
@@ -285,7 +332,7 @@ class _Renderer:
         inner = tuple(fixed.get(ax, i) for ax, i in enumerate(idx))
         v = self.value(src, inner, valid)
         if self.reduce_lanes: self.lines.append(f"{sums[acc]} = {sums[acc]} + {v};")
-        elif n.op is Op.SUM: self.lines.append(f"{acc} = {acc} + {v};")
+        elif n.op is Op.SUM: self.lines.append(f"{acc} = {int_alu(Op.ADD, n.dtype, (acc, v)) or f'{acc} + {v}'};")
         elif acc in self.vectors: self.lines.append(f"{acc} = fmax({acc},{self.as_vector(v)});")
         else: self.lines.append(f"{acc} = ({v}>{acc}?{v}:{acc});")
         self.flops += self.trips * (self.width if acc in self.vectors or self.reduce_lanes else 1)

@@ -3,10 +3,19 @@
 An expression is a linear combination of atoms (loop variables, floor divisions, modulos) plus a constant.
 Dividing or taking the modulo by a constant pulls out the terms that are exact multiples and drops what the bounds
 prove to be zero, so the index math of reshapes, permutes and sliding windows comes out as plain strides.
+
+Rendered C keeps Python's floor semantics: `/` and `%` (which truncate toward zero in C) only where the bounds prove
+the numerator non-negative, the prelude's floordiv_i/floormod_i elsewhere (padding makes `i - 1` negative). An
+expression whose terms or partial sums could leave int32 is rendered in `long` (floordiv_l/floormod_l).
 """
 from __future__ import annotations
 import functools
 from dataclasses import dataclass
+
+INT_MIN, INT_MAX = -2 ** 31, 2 ** 31 - 1
+
+
+def _fits_int(lo: int, hi: int) -> bool: return INT_MIN <= lo and hi <= INT_MAX
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ class FloorDiv:
   def render(self):
     n = self.num.render()
     if self.num.bounds()[0] >= 0: return f"(({n})/{self.den})"
-    return f"floordiv_i(({n}),{self.den})"
+    return f"floordiv_{'l' if self.num.wide else 'i'}(({n}),{self.den})"
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ class Mod:
   def render(self):
     n = self.num.render()
     if self.num.bounds()[0] >= 0: return f"(({n})%{self.den})"
-    return f"floormod_i(({n}),{self.den})"
+    return f"floormod_{'l' if self.num.wide else 'i'}(({n}),{self.den})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +129,7 @@ class Lin:
     return Lin._make(q, self.const // k), Lin._make(r, self.const % k)
 
   def __floordiv__(self, k: int) -> Lin:
+    if k <= 0: raise ValueError(f"index division by {k}: only positive divisors are supported")
     if k == 1: return self
     quot, rest = self._split(k)
     lo, hi = rest.bounds()
@@ -127,6 +137,7 @@ class Lin:
     return quot + Lin.of(FloorDiv(rest, k))
 
   def __mod__(self, k: int) -> Lin:
+    if k <= 0: raise ValueError(f"index modulo by {k}: only positive divisors are supported")
     if k == 1: return Lin()
     _, rest = self._split(k)
     lo, hi = rest.bounds()
@@ -142,7 +153,20 @@ class Lin:
     rest = Lin._make({a: c for a, c in self.terms if a != var}, self.const)
     return (None if rest.uses(var) else dict(self.terms).get(var, 0)), rest
 
+  @functools.cached_property
+  def wide(self) -> bool:
+    """Whether int arithmetic could overflow: some term, or some partial sum (C adds left to right), leaves int32."""
+    lo = hi = 0
+    for atom, c in self.terms:
+      a_lo, a_hi = atom.bounds()
+      t_lo, t_hi = min(c * a_lo, c * a_hi), max(c * a_lo, c * a_hi)
+      lo, hi = lo + t_lo, hi + t_hi
+      if not (_fits_int(t_lo, t_hi) and _fits_int(lo, hi)): return True
+    return not (_fits_int(self.const, self.const) and _fits_int(lo + self.const, hi + self.const))
+
   def render(self) -> str:
-    parts = [a.render() if c == 1 else f"{a.render()}*{c}" for a, c in self.terms]
-    if self.const or not parts: parts.append(str(self.const))
+    wide = self.wide
+    atoms = [f"((long)({a.render()}))" if wide else a.render() for a, _ in self.terms]
+    parts = [a if c == 1 else f"{a}*{c}" for a, (_, c) in zip(atoms, self.terms)]
+    if self.const or not parts: parts.append(f"{self.const}L" if wide else str(self.const))
     return "+".join(parts).replace("+-", "-")

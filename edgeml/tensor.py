@@ -166,10 +166,46 @@ class Tensor:
     """Remainder with the sign of the dividend (C fmod)."""
     return self._binary(Op.MOD, other, reverse)
   def mod(self, other, reverse=False) -> Tensor:
-    """Remainder with the sign of the divisor (numpy/python %)."""
+    """Remainder with the sign of the divisor (numpy/python %); a zero integer divisor gives 0, as in numpy."""
     x, y = self._broadcast(other, reverse)
     r = x.fmod(y)
     return ((r != 0).logical_and((r < 0) != (y < 0))).where(r + y, r)
+  def floordiv(self, other, reverse=False) -> Tensor:
+    """numpy's //: the quotient rounded toward minus infinity. Integers: exact, a zero divisor gives 0 and
+    INT_MIN // -1 wraps to INT_MIN (numpy's answers). Floats: numpy's algorithm ((x - fmod(x, y)) / y, corrected)."""
+    x, y = self._broadcast(other, reverse)
+    if x.dtype.kind == "b": x, y = x.cast(np.int8), y.cast(np.int8)
+    r = x.fmod(y)
+    wrong_sign = (r != 0).logical_and((r < 0) != (y < 0))
+    if x.dtype.kind != "f":
+      q = x.idiv(y)
+      return wrong_sign.where(q - 1, q)
+    q = wrong_sign.where((x - r) / y - 1, (x - r) / y)
+    f = q.floor()
+    return y.eq(0).where(x / y, (q - f > 0.5).where(f + 1, f))
+  def lshift(self, amount) -> Tensor:
+    """x << amount for integers, wrapping; amounts outside [0, bits) give 0 (numpy's answer; C leaves it undefined).
+    Exact: x times 2**amount, built from the amount's bits with selects of integer constants (no float pow)."""
+    x, s = self._broadcast(amount)
+    return x._shift_in_range(s).where(x * x._power_of_two(s), 0)
+  def rshift(self, amount) -> Tensor:
+    """x >> amount for integers, arithmetic (sign-filling) for signed ones like numpy; amounts outside [0, bits) shift
+    everything out (0, or -1 for a negative signed x)."""
+    x, s = self._broadcast(amount)
+    if x.dtype.kind == "i":   # ~x >= 0 for negative x, and x >> s == ~(~x >> s): shift a non-negative value unsigned
+      negative, unsigned = x < 0, np.dtype(f"u{x.dtype.itemsize}")
+      shifted = negative.where(x ^ -1, x).cast(unsigned).rshift(s.cast(unsigned)).cast(x.dtype)
+      return negative.where(shifted ^ -1, shifted)
+    return x._shift_in_range(s).where(x.idiv(x._power_of_two(s)), 0)
+  def _shift_in_range(self, s: Tensor) -> Tensor:
+    bits = self.dtype.itemsize * 8
+    return (s < bits).logical_and(s >= 0) if s.dtype.kind == "i" else s < bits
+  def _power_of_two(self, s: Tensor) -> Tensor:
+    """2**(s mod bits) in self's dtype: the product of 2**(2**k) over the set bits k of s (wrapping at the sign bit)."""
+    p = Tensor.full((), 1, self.dtype)
+    for k in range((self.dtype.itemsize * 8).bit_length() - 1):
+      p = p * (s & (1 << k)).ne(0).where(Tensor.full((), 1 << (1 << k), self.dtype), Tensor.full((), 1, self.dtype))
+    return p
   def pow(self, other, reverse=False) -> Tensor:
     x, y = self._broadcast(other, reverse)
     if x.dtype.kind == "f": return x._op(Op.POW, y)
@@ -228,6 +264,9 @@ class Tensor:
   def __rtruediv__(self, o): return self.div(o, True)
   __mod__ = mod
   def __rmod__(self, o): return self.mod(o, True)
+  __floordiv__ = floordiv
+  def __rfloordiv__(self, o): return self.floordiv(o, True)
+  __lshift__, __rshift__ = lshift, rshift
   __pow__ = pow
   def __rpow__(self, o): return self.pow(o, True)
   def __neg__(self): return self.neg()
@@ -411,7 +450,8 @@ class Tensor:
     x = self
     if op is Op.SUM and x.dtype.kind == "b": x = x.cast(INT32)
     if any(self.shape[a] == 0 for a in axes):
-      out = Tensor.full(shape, 0 if op is Op.SUM else -math.inf, x.dtype)
+      lowest = -math.inf if x.dtype.kind == "f" else False if x.dtype.kind == "b" else np.iinfo(x.dtype).min
+      out = Tensor.full(shape, 0 if op is Op.SUM else lowest, x.dtype)
     elif len(axes) > 1 and math.prod(shape) < 1024 and math.prod(self.shape[a] for a in axes[:-1]) >= 16:
       # few outputs, long reduction: fold the last axis first, so the first kernel has enough parallel work
       return x._reduce(op, axes[-1], True)._reduce(op, axes[:-1], True).reshape(shape if keepdim else
@@ -423,9 +463,13 @@ class Tensor:
   def sum(self, axis=None, keepdim=False) -> Tensor: return self._reduce(Op.SUM, axis, keepdim)
   def max(self, axis=None, keepdim=False) -> Tensor: return self._reduce(Op.RMAX, axis, keepdim)
   def min(self, axis=None, keepdim=False) -> Tensor:
-    if self.dtype.kind == "b": return self.logical_not().max(axis, keepdim).logical_not()
-    if self.dtype.kind == "u": return self.cast(np.int64).min(axis, keepdim).cast(self.dtype)
-    return -((-self).max(axis, keepdim))
+    return self._reversed_order().max(axis, keepdim)._reversed_order()
+  def _reversed_order(self) -> Tensor:
+    """An order-reversing bijection of the dtype, its own inverse: -x for floats, not for bools, ~x (x ^ -1, i.e.
+    -x-1, defined for every value) for signed ints and x ^ max for unsigned ones; negating INT_MIN would overflow."""
+    if self.dtype.kind == "f": return -self
+    if self.dtype.kind == "b": return self.logical_not()
+    return self ^ Tensor.full((), -1 if self.dtype.kind == "i" else np.iinfo(self.dtype).max, self.dtype)
   def mean(self, axis=None, keepdim=False) -> Tensor:
     count = math.prod(self.shape[a] for a in self._axes(axis))
     return self._float().sum(axis, keepdim) / max(count, 1)
@@ -453,7 +497,7 @@ class Tensor:
     rev = Tensor.arange(n, 0, -1).reshape([n if i == axis else 1 for i in range(self.ndim)])
     idx = n - self.eq(self.max(axis, keepdim=True)).where(rev, 0).max(axis, keepdim=True)
     return idx if keepdim else idx.squeeze(axis)
-  def argmin(self, axis=None, keepdim=False) -> Tensor: return (-self).argmax(axis, keepdim)
+  def argmin(self, axis=None, keepdim=False) -> Tensor: return self._reversed_order().argmax(axis, keepdim)
 
   def cumsum(self, axis=0) -> Tensor:
     """Inclusive running sum: a windowed reduce over a zero-padded copy (one kernel)."""

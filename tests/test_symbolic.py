@@ -1,12 +1,78 @@
-"""Index expressions: simplification must never change the value; checked by brute force over each variable's range."""
+"""Index expressions: simplification must never change the value, and the rendered C must compute it.
+
+The rendered text is evaluated with C's rules (a tiny evaluator: `/` and `%` truncate toward zero, int arithmetic must
+stay inside int32 unless cast to long), so choosing `/` where the numerator can be negative fails here; the prelude's
+floor helpers are run on the OpenCL device against Python's floor semantics."""
+import ast
 import itertools
+import re
+import numpy as np
+import pyopencl as cl
+import pytest
 from hypothesis import given, settings, strategies as st
-from edgeml.symbolic import Lin, Var
+from edgeml.codegen import PRELUDE
+from edgeml.symbolic import Lin, Var, INT_MIN, INT_MAX
+
+LONG_MIN, LONG_MAX = -2 ** 63, 2 ** 63 - 1
 
 
-def evaluate(expr: Lin, env: dict) -> int:
-  return eval(expr.render().replace("/", "//").replace("floordiv_i", "fdiv").replace("floormod_i", "fmod_"),
-              {"fdiv": lambda a, b: a // b, "fmod_": lambda a, b: a % b}, env)
+def c_div(a: int, b: int) -> int:
+  q = abs(a) // abs(b)
+  return q if (a < 0) == (b < 0) else -q
+
+
+def c_mod(a: int, b: int) -> int: return a - b * c_div(a, b)
+
+
+def _floor_fix(a, b):   # the prelude's floordiv/floormod, step by step with C's truncating operators
+  r = c_mod(a, b)
+  wrong = r != 0 and (r < 0) != (b < 0)
+  return c_div(a, b) - wrong, r + b if wrong else r
+
+
+FUNCTIONS = {"floordiv_i": (lambda a, b: _floor_fix(a, b)[0], False), "floormod_i": (lambda a, b: _floor_fix(a, b)[1], False),
+             "floordiv_l": (lambda a, b: _floor_fix(a, b)[0], True), "floormod_l": (lambda a, b: _floor_fix(a, b)[1], True)}
+
+
+def evaluate_c(source: str, env: dict) -> int:
+  """The value of a rendered C index expression. Values carry their C type (int or long); an int result outside
+  int32, a long outside int64, or an int argument to a long helper (or the reverse) fails."""
+  tree = ast.parse(re.sub(r"(\d)L\b", r"\1", source), mode="eval").body   # `(long)(x)` parses as a call
+
+  def ev(node) -> tuple[int, bool]:
+    if isinstance(node, ast.Constant): return node.value, not INT_MIN <= node.value <= INT_MAX
+    if isinstance(node, ast.Name): return env[node.id], False
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+      v, wide = ev(node.operand)
+      return check(-v, wide)
+    if isinstance(node, ast.BinOp):
+      (a, wa), (b, wb) = ev(node.left), ev(node.right)
+      op = type(node.op)
+      if op in (ast.Div, ast.Mod): assert b != 0, f"division by zero in {source}"
+      v = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
+           ast.Div: lambda: c_div(a, b), ast.Mod: lambda: c_mod(a, b)}[op]()
+      return check(v, wa or wb)
+    if isinstance(node, ast.Call) and node.func.id == "long": return ev(node.args[0])[0], True
+    if isinstance(node, ast.Call):
+      fn, wide = FUNCTIONS[node.func.id]
+      args = [ev(a) for a in node.args]
+      assert all(w <= wide for _, w in args), f"a long argument to {node.func.id} in {source}"
+      return check(fn(*(v for v, _ in args)), wide)
+    raise AssertionError(f"unexpected C syntax {ast.dump(node)} in {source}")
+
+  def check(v: int, wide: bool) -> tuple[int, bool]:
+    lo, hi = (LONG_MIN, LONG_MAX) if wide else (INT_MIN, INT_MAX)
+    assert lo <= v <= hi, f"{'long' if wide else 'int'} overflow ({v}) in {source}"
+    return v, wide
+
+  return ev(tree)[0]
+
+
+def test_the_evaluator_truncates_like_c():
+  assert evaluate_c("((x-1)/2)", {"x": 0}) == 0 and evaluate_c("((x-1)%2)", {"x": 0}) == -1
+  assert evaluate_c("floordiv_i((x-1),2)", {"x": 0}) == -1 and evaluate_c("floormod_i((x-1),2)", {"x": 0}) == 1
+  with pytest.raises(AssertionError, match="overflow"): evaluate_c("x*65536", {"x": 65536})
+  assert evaluate_c("((long)(x))*65536", {"x": 65536}) == 2 ** 32
 
 
 @settings(max_examples=200, deadline=None)
@@ -21,9 +87,33 @@ def test_simplified_expressions_keep_their_value(sizes, coefs, const, ops):
     want, e = sum(c * x for c, x in zip(coefs, env_values)) + const, expr
     for op, k in ops:
       want, e = (want // k, e // k) if op == "div" else (want % k, e % k)
-    assert evaluate(e, env) == want, e.render()
+      assert evaluate_c(e.render(), env) == want, e.render()   # every intermediate form renders right, not just the last
     lo, hi = e.bounds()
     assert lo <= want <= hi
+
+
+def test_padded_window_index_floors_negative_numerators():
+  """A padded (`i - 1`) and a flipped (`3 - i`) index read through a reshape: negative at the border, where C's `/`
+  and `%` would round toward zero."""
+  i = Var("i", 0, 9)
+  for num, want in ((Lin.of(i) - 1, lambda x: x - 1), (Lin.of(i) * -1 + 3, lambda x: 3 - x)):
+    row, col = num // 4, num % 4
+    for x in range(10):
+      assert (evaluate_c(row.render(), {"i": x}), evaluate_c(col.render(), {"i": x})) == divmod(want(x), 4)
+  assert "floordiv_i" in ((Lin.of(i) * -1 + 3) // 4).render() and "floormod_i" in ((Lin.of(i) * -1 + 3) % 4).render()
+
+
+def test_index_math_beyond_int32_is_rendered_in_long():
+  """A flat offset into a buffer of more than 2**31 elements: products and sums would overflow int."""
+  b, j = Var("b", 0, 3), Var("j", 0, 999)
+  offset = Lin.of(b) * 1_000_000_000 + Lin.of(j) - 5
+  assert offset.wide and "long" in offset.render()
+  assert not (Lin.of(j) * 4 + 7).wide and "long" not in (Lin.of(j) * 4 + 7).render()
+  for env in ({"b": 3, "j": 999}, {"b": 0, "j": 0}, {"b": 2, "j": 17}):
+    want = env["b"] * 1_000_000_000 + env["j"] - 5
+    assert evaluate_c(offset.render(), env) == want
+    assert evaluate_c((offset // 7).render(), env) == want // 7
+    assert evaluate_c((offset % 1_000_003).render(), env) == want % 1_000_003
 
 
 def test_reshape_style_index_collapses_to_plain_strides():
@@ -33,3 +123,36 @@ def test_reshape_style_index_collapses_to_plain_strides():
   assert (linear % 8).render() == "j"
   window = Lin.of(Var("oh", 0, 4)) * 2 + Lin.of(Var("kh", 0, 2))      # a sliding window row index
   assert ((window * 11 + Lin.of(Var("w", 0, 10))) // 11).render() == window.render()
+
+
+def test_nonpositive_divisors_are_refused():
+  with pytest.raises(ValueError, match="positive"): Lin.of(Var("i", 0, 3)) // -2
+  with pytest.raises(ValueError, match="positive"): Lin.of(Var("i", 0, 3)) % 0
+
+
+@pytest.mark.portable
+def test_prelude_floor_helpers_on_the_device():
+  """floordiv/floormod of the prelude, int and long, against Python's // and % (negative numerators, INT_MIN)."""
+  from compiled.device import default_device
+  dev = default_device()
+  a = np.array([v for v in range(-40, 41)] + [INT_MIN, INT_MIN + 1, INT_MAX, INT_MAX - 1], np.int32)
+  b = np.array([1, 2, 3, 5, 7, 64, INT_MAX], np.int32)
+  aa, bb = (x.reshape(-1) for x in np.meshgrid(a, b, indexing="ij"))
+  src = PRELUDE + """__kernel void floors(__global int* out, __global long* wide, const __global int* a, const __global int* b) {
+    int i = get_global_id(0);
+    out[2*i] = floordiv_i(a[i], b[i]); out[2*i+1] = floormod_i(a[i], b[i]);
+    long x = (long)a[i] * 3000000000L;
+    wide[2*i] = floordiv_l(x, (long)b[i]); wide[2*i+1] = floormod_l(x, (long)b[i]);
+  }"""
+  kernel = cl.Kernel(dev.build(src), "floors")
+  out, wide = np.empty((aa.size, 2), np.int32), np.empty((aa.size, 2), np.int64)
+  mf = cl.mem_flags
+  bufs = [cl.Buffer(dev.ctx, mf.WRITE_ONLY, out.nbytes), cl.Buffer(dev.ctx, mf.WRITE_ONLY, wide.nbytes),
+          cl.Buffer(dev.ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=aa), cl.Buffer(dev.ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=bb)]
+  kernel(dev.queue, (aa.size,), None, *bufs)
+  cl.enqueue_copy(dev.queue, out, bufs[0])
+  cl.enqueue_copy(dev.queue, wide, bufs[1])
+  a64, b64 = aa.astype(object), bb.astype(object)
+  np.testing.assert_array_equal(out, np.stack([a64 // b64, a64 % b64], 1).astype(np.int64))
+  x = a64 * 3000000000
+  np.testing.assert_array_equal(wide, np.stack([x // b64, x % b64], 1).astype(np.int64))
