@@ -158,15 +158,53 @@ def mod(n):
 
 @op("Pow")
 def pow_(n):
+  if is_tensor(n.inputs[0]) and not is_tensor(n.inputs[1]) and n.inputs[0].dtype.kind == "f":
+    a, b = n.inputs[0], np.asarray(n.inputs[1])
+    if b.size and np.all(b == b.reshape(-1)[0]):
+      shape = np.broadcast_shapes(a.shape, b.shape)
+      return pow_const(a, float(b.reshape(-1)[0])).expand_to(shape)
   a, b = n.arrays()
   return cast(a.pow(b) if is_tensor(a) else np.power(a.astype(np.float64), b), a.dtype)
 
 
+def _int_power(x: Tensor, k: int) -> Tensor:
+  """x**k for an integer k >= 1 by repeated squaring (k=5: x2=x*x, x4=x2*x2, x4*x)."""
+  out, square = None, x
+  while k:
+    if k & 1: out = square if out is None else out * square
+    k >>= 1
+    if k: square = square * square
+  return out
+
+
+def pow_const(x: Tensor, y: float) -> Tensor:
+  """x**y for a float Tensor x and an exponent known at compile time, without a generic pow(): 2 -> x*x,
+  0.5 -> sqrt, small integers -> multiplications, otherwise exp(y*log|x|) with numpy's sign rules (a negative base
+  gives a signed result for an integral exponent and NaN otherwise)."""
+  if not math.isfinite(y): return x.pow(y)
+  if y == 0: return Tensor.full(x.shape, 1, x.dtype)
+  if y == 1: return x
+  if y == 0.5: return x.sqrt().cast(x.dtype)
+  if y == -0.5: return x.sqrt().reciprocal().cast(x.dtype)
+  if y == int(y) and abs(y) <= 16:
+    p = _int_power(x, abs(int(y)))
+    return p if y > 0 else p.reciprocal().cast(x.dtype)
+  magnitude = (x.abs().log() * y).exp().cast(x.dtype)
+  negative = x < 0
+  if y != int(y): return negative.where(Tensor.full((), math.nan, x.dtype), magnitude)
+  return negative.where(-magnitude, magnitude) if int(y) % 2 else magnitude
+
+
 @op("BitShift")
 def bitshift(n):
+  """Exact integer shifts (Tensor.lshift/rshift); amounts of the bit width or more give 0, as in numpy (ONNX and C
+  leave them undefined)."""
   x, y = n.arrays()
-  p = cast(2 ** cast(y, np.float64), x.dtype)
-  return x * p if n.get("direction") == "LEFT" else x.idiv(p) if is_tensor(x) else x // p
+  left = n.get("direction") == "LEFT"
+  if is_tensor(x): return x.lshift(y) if left else x.rshift(y)
+  bits, y = x.dtype.itemsize * 8, y.astype(x.dtype)
+  shifted = (np.left_shift if left else np.right_shift)(x, np.minimum(y, bits - 1))
+  return np.where(y < bits, shifted, 0).astype(x.dtype)
 
 
 @op("Sum", "Mean", "Max", "Min")
@@ -1227,3 +1265,120 @@ def rotary(n):
   y = out.cat(keep, axis=-1) if keep.shape[-1] else out
   if rank3: y = y.permute(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
   return y.cast(n.inputs[0].dtype)
+
+
+# ---------------------------------------------------------------- detector post-processing (fixed-size outputs)
+def _last_axis(x, axis):
+  perm = [a for a in range(x.ndim) if a != axis] + [axis]
+  return permute(x, perm), [perm.index(a) for a in range(x.ndim)]
+
+
+@op("TopK")
+def topk(n):
+  """k largest (or smallest) along an axis, sorted, ties to the lower index, k known at compile time. On Tensors: each
+  element's rank counts the elements before it in that order (one compare-and-sum over n x n), then output slot r
+  takes the element of rank r."""
+  x = n.inputs[0]
+  k = int(n.static(1).reshape(-1)[0]) if n.has(1) else int(n.get("k"))
+  axis, largest = axis_of(n.get("axis", -1), x.ndim), bool(n.get("largest", 1))
+  size = x.shape[axis]
+  if not 0 <= k <= size: raise ValueError(f"k={k} out of range for an axis of {size}")
+  xl, back = _last_axis(x, axis)
+  if not is_tensor(x):
+    order = np.argsort(-xl if largest else xl, axis=-1, kind="stable")[..., :k] if xl.dtype.kind != "b" else \
+      np.argsort(~xl if largest else xl, axis=-1, kind="stable")[..., :k]
+    return np.transpose(np.take_along_axis(xl, order, -1), back), np.transpose(order.astype(np.int64), back)
+  if k == 0:
+    shape = list(x.shape)
+    shape[axis] = 0
+    return np.zeros(shape, x.dtype), np.zeros(shape, np.int64)
+  a, b = xl.unsqueeze(-1), xl.unsqueeze(-2)          # a: element i (rows), b: element j (columns)
+  before = (b > a) if largest else (b < a)
+  earlier = Tensor(np.arange(size).reshape(1, -1) < np.arange(size).reshape(-1, 1))   # j < i
+  rank = before.logical_or(b.eq(a).logical_and(earlier)).cast(np.int32).sum(-1)     # (..., n)
+  hot = rank.unsqueeze(-2).eq(Tensor(np.arange(k, dtype=np.int32).reshape(-1, 1)))  # (..., k, n)
+  values = select_sum(hot, xl.unsqueeze(-2).expand(*hot.shape))
+  indices = select_sum(hot, Tensor(np.arange(size, dtype=np.int64)).expand(*hot.shape))
+  return permute(values, back), permute(indices, back)
+
+
+def _corners(boxes: Tensor, center: bool) -> list:
+  """(y1, x1, y2, x2) of boxes (..., 4), lower corner first."""
+  c = [boxes[..., i] for i in range(4)]
+  if center:   # (x_center, y_center, width, height)
+    return [c[1] - c[3] / 2, c[0] - c[2] / 2, c[1] + c[3] / 2, c[0] + c[2] / 2]
+  return [c[0].minimum(c[2]), c[1].minimum(c[3]), c[0].maximum(c[2]), c[1].maximum(c[3])]
+
+
+@op("NonMaxSuppression")
+def nms(n):
+  """Greedy per-class NMS into a fixed buffer: max_output_boxes_per_class (a compile-time constant) selections for
+  every (batch, class), each the best remaining box, suppressing the rest above the IoU threshold. The selected
+  (batch, class, box) rows come first in onnxruntime's order; the B*C*max rows after them are -1 (the count is the
+  number of rows >= 0)."""
+  boxes, scores = n.tensor(0), n.tensor(1)
+  batch, classes, count = scores.shape
+  limit = min(int(n.static(2).reshape(-1)[0]) if n.has(2) else 0, count)
+  iou_thr = float(n.static(3).reshape(-1)[0]) if n.has(3) else 0.0
+  if limit <= 0: return np.zeros((0, 3), np.int64)
+  y1, x1, y2, x2 = (c.unsqueeze(1) for c in _corners(boxes.float(), bool(n.get("center_point_box", 0))))  # (B,1,N)
+  area = (y2 - y1) * (x2 - x1)
+  scores = scores.float()
+  alive = scores > float(n.static(4).reshape(-1)[0]) if n.has(4) else Tensor.full(scores.shape, True, np.bool_)
+  box_ids = Tensor(np.arange(count, dtype=np.int64))
+  picks, valid = [], []
+  for _ in range(limit):
+    best = alive.where(scores, -math.inf).argmax(-1, keepdim=True).cast(np.int64)   # (B,C,1), first on ties
+    ok = alive.cast(np.int32).max(-1, keepdim=True) > 0                            # any box left
+    hot = box_ids.eq(best)                                                          # (B,C,N)
+    sel = [select_sum(hot, c.expand(*hot.shape)).unsqueeze(-1) for c in (y1, x1, y2, x2)]
+    inter = ((y2.minimum(sel[2]) - y1.maximum(sel[0])).maximum(0) * (x2.minimum(sel[3]) - x1.maximum(sel[1])).maximum(0))
+    union = area + (sel[2] - sel[0]) * (sel[3] - sel[1]) - inter
+    overlap = (inter > 0).logical_and(union > 0).logical_and(inter > union * iou_thr)
+    alive = alive.logical_and(hot.logical_not()).logical_and(overlap.logical_not())
+    picks.append(best)
+    valid.append(ok)
+  picks, valid = Tensor.cat(*picks, axis=2).reshape(-1), Tensor.cat(*valid, axis=2).reshape(-1)   # (B*C*limit,)
+  rows = np.stack(np.meshgrid(np.arange(batch), np.arange(classes), np.arange(limit), indexing="ij"), -1).reshape(-1, 3)
+  triples = Tensor.cat(Tensor(rows[:, :2].astype(np.int64)), picks.unsqueeze(-1), axis=1)                # (R, 3)
+  total = len(rows)
+  position = valid.cast(np.int32).cumsum(0) - 1                                     # where each valid row goes
+  hot = position.unsqueeze(0).eq(Tensor(np.arange(total, dtype=np.int32).reshape(-1, 1))).logical_and(valid.unsqueeze(0))
+  filled = hot.cast(np.int32).max(-1, keepdim=True) > 0                             # (R, 1)
+  packed = select_sum(hot.unsqueeze(1), triples.permute(1, 0).unsqueeze(0).expand(total, 3, total))
+  return filled.where(packed, Tensor.full((), -1, np.int64))
+
+
+@op("GridSample")
+def grid_sample(n):
+  """4-d GridSample, bilinear or nearest, zeros or border padding: each output pixel's taps become one weight row over
+  the input's H*W pixels, applied as a reduce (data-dependent positions, fixed shapes)."""
+  x, grid = n.tensor(0), n.tensor(1)
+  mode = {"linear": "bilinear"}.get(n.get("mode", "bilinear"), n.get("mode", "bilinear"))
+  padding, align = n.get("padding_mode", "zeros"), bool(n.get("align_corners", 0))
+  if x.ndim != 4: raise NotImplementedError(f"GridSample on {x.ndim}-d input (4-d only)")
+  if mode not in ("bilinear", "nearest"): raise NotImplementedError(f"GridSample mode {mode!r} (bilinear, nearest)")
+  if padding not in ("zeros", "border"): raise NotImplementedError(f"GridSample padding_mode {padding!r} (zeros, border)")
+  batch, channels, h, w = x.shape
+  _, ho, wo, _ = grid.shape
+  grid = grid.float().reshape(batch, ho * wo, 1, 2)
+
+  def unnormalize(g, size):
+    pos = (g + 1) * ((size - 1) / 2) if align else ((g + 1) * size - 1) / 2
+    return pos.clip(0, size - 1) if padding == "border" else pos
+  px, py = unnormalize(grid[..., 0], w), unnormalize(grid[..., 1], h)     # (B, P, 1)
+  pixel = Tensor(np.arange(h * w, dtype=np.int32).reshape(1, 1, -1))      # (1, 1, Q)
+
+  def tap(iy, ix, weight):
+    inside = (iy >= 0).logical_and(iy <= h - 1).logical_and(ix >= 0).logical_and(ix <= w - 1)
+    at = (iy * w + ix).cast(np.int32)
+    return pixel.eq(at).logical_and(inside).where(weight, 0.0)
+  if mode == "nearest":
+    weights = tap(py.round(), px.round(), 1.0)
+  else:
+    x0, y0 = px.floor(), py.floor()
+    fx, fy = px - x0, py - y0
+    weights = (tap(y0, x0, (1 - fy) * (1 - fx)) + tap(y0, x0 + 1, (1 - fy) * fx) + tap(y0 + 1, x0, fy * (1 - fx)) +
+               tap(y0 + 1, x0 + 1, fy * fx))                                # (B, P, Q)
+  out = (x.float().reshape(batch, channels, 1, h * w) * weights.reshape(batch, 1, ho * wo, h * w)).sum(-1)
+  return out.reshape(batch, channels, ho, wo).cast(x.dtype)

@@ -18,17 +18,38 @@ def parse_shapes(items: list[str]) -> dict:
       shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
     except ValueError:
       raise SystemExit(f"edgeml-compile: --shape {item!r} is not NAME=D0xD1x... (for example input=1x3x224x224)")
+    if any(d <= 0 for d in shapes[name]): raise SystemExit(f"edgeml-compile: --shape {item!r}: every size must be positive")
   return shapes
 
 
+def parse_consts(items: list[str], const_file: str | None = None) -> dict:
+  """--const NAME=VALUE (a number or a comma list) and --const-file feeds.npz: inputs fixed at compile time."""
+  import zipfile
+  import numpy as np
+  consts = {}
+  if const_file:
+    try:
+      with np.load(const_file, allow_pickle=False) as f: consts.update((k, f[k]) for k in f.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e: raise SystemExit(f"edgeml-compile: --const-file {const_file!r}: {e}")
+  for item in items:
+    name, sep, value = item.partition("=")
+    try:
+      if not sep or not name: raise ValueError
+      parts = [float(v) if any(c in v.lower() for c in ".en") else int(v) for v in value.split(",")]
+      consts[name] = np.array(parts if "," in value else parts[0])
+    except ValueError:
+      raise SystemExit(f"edgeml-compile: --const {item!r} is not NAME=VALUE or NAME=V0,V1,... (for example sr=16000)")
+  return consts
+
+
 def compile_model(model_path: str, out_path: str, shapes: dict | None = None, target: str = "pocl", tune: bool = False,
-                  fp16: bool = False, log=print):
+                  fp16: bool = False, log=print, consts: dict | None = None):
   """Compile and write the artifact; returns the Compiled result. Progress goes to `log`."""
   from edgeml.compile import compile_graph, placeholder
   from edgeml.onnx import OnnxModel
   from compiled.artifact import write_artifact
   t0 = time.perf_counter()
-  model = OnnxModel(model_path, shapes=shapes or {})
+  model = OnnxModel(model_path, shapes=shapes or {}, consts=consts or {})
   inputs = {name: placeholder(name, shape, dtype) for name, shape, dtype in model.inputs}
   log(f"[1/3] imported {model_path}: inputs {', '.join(f'{n} {s} {d}' for n, s, d in model.inputs)}")
   outputs = model(inputs)
@@ -51,6 +72,9 @@ def main(argv=None):
   ap.add_argument("-o", "--output", help="artifact path (default: the model's name with .edgeml)")
   ap.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...", help="fix an input's shape")
   ap.add_argument("--target", default="pocl", choices=TARGETS)
+  ap.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
+                  help="fix an input to a value at compile time (a number or a comma list); it is no longer an input")
+  ap.add_argument("--const-file", metavar="FEEDS.npz", help="fix the inputs named in this .npz at compile time")
   ap.add_argument("--fp16", action="store_true", help="store weights as float16 (half the bytes; math stays float32)")
   ap.add_argument("--tune", action="store_true", help="time each kernel's variants on this machine's device and keep "
                   "the fastest (slower compile, cached)")
@@ -58,7 +82,8 @@ def main(argv=None):
   if not os.path.isfile(args.model): raise SystemExit(f"edgeml-compile: no such model file: {args.model}")
   out = args.output or os.path.splitext(args.model)[0] + ".edgeml"
   try:
-    compile_model(args.model, out, parse_shapes(args.shape), args.target, args.tune, args.fp16)
+    compile_model(args.model, out, parse_shapes(args.shape), args.target, args.tune, args.fp16,
+                  consts=parse_consts(args.const, args.const_file))
   except (ValueError, NotImplementedError) as e:
     print(f"edgeml-compile: {args.model}: {e}", file=sys.stderr)
     raise SystemExit(1)
