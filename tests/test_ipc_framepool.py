@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ipc.framepool import SHM_DIR, FrameClient, FrameServer, pointer_path, pool_name, pool_path
-from ipc.messaging import new_message
+from ipc.messaging import decode, new_message, sub_socket
 from ipc.testing import Children, isolated_bus, read_command
 
 W, H = 64, 48
@@ -55,6 +55,59 @@ def test_notice_naming_no_buffer_is_counted_not_raised():
     assert client.recv(10000) is None and client.errors == 1
     server.send(np.full(FRAME_BYTES, 3, np.uint8))
     assert frame_number(client, 3) is not None
+
+
+def filled(n):
+  return np.full(FRAME_BYTES, n, np.uint8)
+
+
+def all_arrived(service, count):
+  """A queueing probe socket of `service`, returned once it has received `count` messages: the keep-latest
+  sockets of this process, served by the same publisher, have them too by then."""
+  probe = sub_socket(service, conflate=False)
+  return probe, lambda: all(probe.poll(10000) and probe.recv() for _ in range(count))
+
+
+def test_recv_gives_the_newest_frame_not_the_oldest_queued():
+  with FrameServer("road", W, H, buffers=4) as server, FrameClient("road") as client:
+    probe, arrived = all_arrived(server.service, 3)
+    assert server.wait_for_client(10) and server.pm.wait_for_subscribers(server.service, 2, 10)
+    for n in (1, 2, 3):  # three buffers of four: every one of them still holds its frame
+      server.send(filled(n))
+    assert arrived()
+    assert client.sock.poll(10000)
+    frame = client.recv(10000)
+    assert frame is not None and frame.frame_id == 3 and frame.y[0, 0] == 3
+    assert client.recv(0) is None  # the older two were superseded, not queued behind it
+    probe.close()
+
+
+def test_still_valid_turns_false_as_soon_as_the_server_starts_rewriting():
+  with FrameServer("road", W, H, buffers=4) as server, FrameClient("road") as client:
+    assert server.wait_for_client(10)
+    server.send(filled(1))
+    first = frame_number(client, 1)
+    for n in (2, 3, 4):
+      server.send(filled(n))
+    assert first.still_valid()
+    server.next_buffer()[:] = 9  # back at the first buffer: being rewritten, its end sequence still the old one
+    assert not first.still_valid()
+    assert first.y[0, 0] == 9
+
+
+def test_view_refuses_a_notice_whose_buffer_was_reused():
+  """A notice read late (its buffer rewritten since) gives no frame: never frame 1's id with frame 5's pixels."""
+  with FrameServer("road", W, H, buffers=4) as server, FrameClient("road") as client:
+    probe, arrived = all_arrived(server.service, 1)
+    assert server.wait_for_client(10) and server.pm.wait_for_subscribers(server.service, 2, 10)
+    server.send(filled(1))
+    assert probe.poll(10000)
+    late_notice = decode(server.service, probe.recv()).cameraFrame
+    assert client.view(late_notice) is not None
+    for n in (2, 3, 4, 5):
+      server.send(filled(n))
+    assert client.view(late_notice) is None and client.overwritten == 1
+    probe.close()
 
 
 def test_zero_copy_views_and_reuse_detected(children):

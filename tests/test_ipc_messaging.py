@@ -139,6 +139,20 @@ def test_keep_latest_by_default_and_queue_on_request(children):
   queued.close()
 
 
+def test_polling_submaster_gives_the_newest_not_the_oldest_queued(children):
+  burst = 50
+  sm = SubMaster(["robotState"], poll="robotState")
+  probe = sub_socket("robotState", conflate=False)  # has every message once they have all arrived
+  children(__file__, "burst", str(burst), "2").expect("done")
+  for _ in range(burst):
+    assert probe.poll(10000)
+    probe.recv()
+  assert sm.sockets["robotState"].poll(10000)
+  assert sm.update(10000) and sm["robotState"].vEgo == burst
+  assert not sm.update(0)  # nothing older left queued behind it
+  probe.close()
+
+
 def test_alive_follows_publisher_death_and_restart(children):
   sm = SubMaster(["robotState"])
   child = children(__file__, "publish", "100")

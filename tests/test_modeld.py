@@ -194,6 +194,63 @@ def test_history_and_drop_rate():
   assert rates[0] == rates[1] == 0 and rates[2] > 0 and rates[2] > rates[3] > rates[4] > 0 and drops.total == 2
 
 
+def test_drop_rate_counts_every_lost_frame_id():
+  """frameDropPerc follows the share of lost frame ids, filtered over ids: the reference is the same low-pass filter
+  run over one sample per frame id (1 lost, 0 processed), so a 2 s stall at 20 Hz (39 ids lost) shows as most."""
+  gaps = [0] * 30 + [39] + [0] * 20 + [3, 0, 1]
+  drops = DropRate(20.0)
+  got = [drops.add(g) for g in gaps]
+  samples, at = [], []
+  for g in gaps:
+    samples += [1.0] * g + [0.0]
+    at.append(len(samples) - 1)
+  value, reference = 0.0, []
+  for x in samples:
+    value += drops.alpha * (x - value)
+    reference.append(value)
+  np.testing.assert_allclose(got, np.array(reference)[at], rtol=1e-9, atol=1e-12)
+  assert got[30] > 0.8 and drops.total == 43
+
+
+def test_a_frame_overwritten_during_the_copy_is_not_used(bus):
+  """ModelDaemon.load checks the pool buffer after copying it: a camera that reuses the buffer meanwhile makes the
+  frame lost (False), never a torn input."""
+  from types import SimpleNamespace
+  from ipc import FrameClient, FrameServer
+  from tools.modeld import ModelDaemon
+  w, h = 16, 8
+  with FrameServer("road", w, h, buffers=4) as server, FrameClient("road") as client:
+    assert server.wait_for_client(WAIT_S)
+    server.send(np.full(w * h * 3 // 2, 1, np.uint8))
+    frame = client.recv(WAIT_S * 1000)
+    assert frame is not None and frame.still_valid()
+    copies = []
+
+    def copy_then_camera_overtakes(pixels, *size, laps=0):
+      copies.append(pixels.copy())
+      for n in range(laps): server.send(np.full(w * h * 3 // 2, 2 + n, np.uint8))
+    daemon = SimpleNamespace(config=SimpleNamespace(images=[SimpleNamespace(name="img", camera="road")]),
+                             warps={"img": SimpleNamespace(load=copy_then_camera_overtakes)})
+    assert ModelDaemon.load(daemon, {"road": frame})  # nothing reused: the copy is good
+    daemon.warps["img"].load = lambda *a: copy_then_camera_overtakes(*a, laps=4)  # all four buffers rewritten
+    assert not ModelDaemon.load(daemon, {"road": frame})
+    assert (copies[0] == 1).all() and len(copies) == 2
+
+
+@pytest.mark.parametrize("error", [ValueError("bad launch size"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
+                                   RuntimeError("Member was null."), KeyError("kernel"), MemoryError()])
+def test_any_load_failure_is_one_line(model, monkeypatch, capsys, error):
+  from tools import modeld
+
+  def fail(*_a, **_k): raise error
+  monkeypatch.setattr(modeld.compiled, "load", fail)
+  with pytest.raises(SystemExit) as exit_:
+    modeld.main([str(model)])
+  message = str(exit_.value.code)
+  assert message.startswith("edgeml-modeld: ") and "\n" not in message
+  assert (str(error) or type(error).__name__) in message
+
+
 def test_config_errors_name_the_input(model, tmp_path):
   prog = compiled.load(model)
   cases = {"input_imgs": ({"source": "back", "layout": "yuv6"}, "unknown camera 'back'"),

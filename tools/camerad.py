@@ -140,7 +140,7 @@ def main(argv=None):
         published += 1
       frame_id += 1
     print(f"camerad: published {published} frames", flush=True)
-  except (ValueError, RuntimeError) as e:
+  except (ValueError, RuntimeError, OSError) as e:
     raise SystemExit(f"edgeml-camerad: {e}")
   finally:
     for server in servers: server.close()

@@ -11,7 +11,8 @@ K-frame history is consecutive again. Other cameras are matched to the first by 
 a frame whose match does not come is skipped (and counts as dropped).
 
 modelOutput: frameId, frameAge (camera periods between the frame's end of exposure and publishing), frameDropPerc
-(dropped share of frames, filtered over about a second), modelExecutionTime (wall seconds, frame upload to outputs),
+(share of frame ids not processed, filtered over about a second of frame ids: a 2 s stall reads as most frames
+lost), modelExecutionTime (wall seconds, frame upload to outputs),
 gpuExecutionTime (OpenCL-event seconds of the warp and the model's kernels), every output by name, and the envelope's
 `valid`: false while the history refills, while a recurrent input is non-finite, or until a calibration arrives when
 the config requires one.
@@ -33,20 +34,25 @@ from compiled.artifact import ArtifactError
 from compiled.device import DeviceError
 from compiled.preprocess import FrameWarp
 from ipc import FrameClient, PubMaster, SubMaster, camera_service, new_message, set_outputs
+from ipc.rundir import UnsafePath
 from tools.modelconfig import config_path, load_config
 
 DROP_TIME_CONSTANT_S = 1.0
 
 
 class DropRate:
-  """Dropped share of frames, low-pass filtered: each processed frame adds a sample dropped / (dropped + 1)."""
+  """Dropped share of frame ids, low-pass filtered over frame ids: every dropped id is a sample 1, every processed
+  frame a sample 0, so a gap weighs as many frames as it lost."""
   def __init__(self, rate_hz: float):
     self.alpha = (1 / rate_hz) / (DROP_TIME_CONSTANT_S + 1 / rate_hz)
     self.value, self.total = 0.0, 0
 
   def add(self, dropped: int) -> float:
+    """A processed frame after `dropped` lost ones; returns the filtered share."""
     self.total += dropped
-    self.value += self.alpha * (dropped / (dropped + 1) - self.value)
+    kept = (1 - self.alpha) ** dropped
+    self.value = self.value * kept + (1 - kept)  # the lost ids, each a 1
+    self.value *= 1 - self.alpha                  # this frame, a 0
     return self.value
 
 
@@ -103,6 +109,11 @@ class ModelDaemon:
         try: self.clients[camera] = FrameClient(camera, timeout_s=0.5)
         except TimeoutError: pass
     return True
+
+  def malformed(self) -> int:
+    """Messages dropped as malformed so far: calibrations and camera notices."""
+    sm, clients = getattr(self, "sm", None), getattr(self, "clients", {})
+    return (sum(sm.errors.values()) if sm else 0) + sum(client.errors for client in clients.values())
 
   def close(self):
     for client in getattr(self, "clients", {}).values(): client.close()
@@ -198,19 +209,24 @@ def main(argv=None):
   stop = []
   for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.append(1))
   if args.cpu is not None: set_realtime(0, args.cpu)  # before the OpenCL threads start
-  try: program = compiled.load(args.artifact)
-  except (OSError, ArtifactError, DeviceError) as e: raise SystemExit(f"edgeml-modeld: {e}")
-  try: config = load_config(args.config or config_path(args.artifact), program.inputs, program.outputs)
-  except ValueError as e: raise SystemExit(f"edgeml-modeld: {e}")
-  daemon = ModelDaemon(program, config)
+  try:
+    program = compiled.load(args.artifact)
+    config = load_config(args.config or config_path(args.artifact), program.inputs, program.outputs)
+    daemon = ModelDaemon(program, config)
+  except (OSError, ArtifactError, DeviceError, ValueError) as e: raise SystemExit(f"edgeml-modeld: {e}")
+  except Exception as e:  # whatever else a bad artifact or device makes the loader raise: one line, not a traceback
+    raise SystemExit(f"edgeml-modeld: cannot load {args.artifact}: {type(e).__name__}: {e}")
   set_realtime(args.rt_priority, None)
   print(f"modeld: {args.artifact} on {program.device.name}, cameras {', '.join(daemon.cameras)}", flush=True)
   try:
     if daemon.connect(stop, args.wait_subscriber):
       daemon.run(stop)
+  except UnsafePath as e:
+    raise SystemExit(f"edgeml-modeld: {e}")
   finally:
     daemon.close()
-  print(f"modeld: {daemon.frames_in} frames in, {daemon.outputs} outputs, {daemon.drops.total} dropped", flush=True)
+  print(f"modeld: {daemon.frames_in} frames in, {daemon.outputs} outputs, {daemon.drops.total} dropped, "
+        f"{daemon.malformed()} malformed messages ignored", flush=True)
 
 
 if __name__ == "__main__":
