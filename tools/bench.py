@@ -2,9 +2,11 @@
 the same OpenCL device (when the [bench] extra is installed), all measured in one run; prints median and p90 in ms
 and the ratios edgeml/tinygrad and edgeml/onnxruntime.
 
-  edgeml-bench [model.onnx ...] [--runs 50] [--fp16]      (default: every model in ../shared/models)
+  edgeml-bench [model.onnx ...] [--runs 50] [--fp16]
 
-Models are compiled with --tune (kernel variants timed on this device, cached).
+The default models are every model in ../shared/models when that folder is beside the checkout, else the project's
+demo driving model (edgeml/demo_model.py). Models are compiled with --tune (kernel variants timed on this device,
+cached) by edgeml-compile.
 """
 import argparse
 import json
@@ -43,8 +45,9 @@ def feeds_for(model_path: Path, specs) -> dict:
   if npz.exists():
     with np.load(npz) as data:
       if all(s.name in data for s in specs): return {s.name: data[s.name] for s in specs}
-  from tools.validate import random_feeds
-  return random_feeds(specs)
+  rng = np.random.default_rng(0)
+  return {s.name: rng.standard_normal(s.shape).astype(s.dtype) if np.dtype(s.dtype).kind == "f"
+          else rng.integers(0, 10, s.shape).astype(s.dtype) for s in specs}
 
 
 def timed(fn, runs: int) -> list[float]:
@@ -101,10 +104,11 @@ def ratio(a, b) -> str:
 
 def bench_model(model: Path, runs: int, out_dir: str, fp16: bool = False) -> dict:
   import compiled
-  from tools.compile import compile_model
   artifact = os.path.join(out_dir, model.stem + ".edgeml")
   print(f"compiling {model.name} (--tune{' --fp16' if fp16 else ''}) ...", file=sys.stderr, flush=True)
-  compile_model(str(model), artifact, tune=True, fp16=fp16, log=lambda *_: None)
+  done = subprocess.run([sys.executable, "-m", "tools.compile", str(model), "-o", artifact, "--tune",
+                         *(["--fp16"] if fp16 else [])], stdout=subprocess.DEVNULL, cwd=Path(__file__).parents[1])
+  if done.returncode: raise SystemExit(f"edgeml-bench: edgeml-compile {model} failed (exit {done.returncode})")
   prog = compiled.load(artifact)
   feeds = feeds_for(model, prog.inputs)
   print(f"timing {model.name}: edgeml, onnxruntime x2 / x1, tinygrad ...", file=sys.stderr, flush=True)
@@ -115,17 +119,23 @@ def bench_model(model: Path, runs: int, out_dir: str, fp16: bool = False) -> dic
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(prog="edgeml-bench", description=__doc__.split("\n")[0])
-  ap.add_argument("models", nargs="*", help=".onnx files (default: ../shared/models/*.onnx)")
-  ap.add_argument("--runs", type=int, default=50)
+  ap = argparse.ArgumentParser(prog="edgeml-bench", description=__doc__.split("\n\n")[0])
+  ap.add_argument("models", nargs="*", help=".onnx files (default: ../shared/models/*.onnx, else the demo model)")
+  ap.add_argument("--runs", type=int, default=50, help="timed runs per model and runtime (default 50)")
   ap.add_argument("--fp16", action="store_true", help="compile with float16 weight storage")
   args = ap.parse_args(argv)
+  if args.runs < 1: ap.error("--runs must be at least 1")
   models = [Path(m) for m in args.models] or sorted(SHARED_MODELS.glob("*.onnx"))
-  if not models: raise SystemExit("edgeml-bench: no models given and ../shared/models has none")
+  if missing := [str(m) for m in models if not m.is_file()]:
+    raise SystemExit(f"edgeml-bench: no such model file: {missing[0]}")
   from compiled.device import default_device
   print(f"device: {default_device().name}; {args.runs} runs each; times in ms (median, p90)")
   rows = {}
   with tempfile.TemporaryDirectory() as tmp:
+    if not models:
+      from edgeml.demo_model import build
+      build(os.path.join(tmp, "demo_drive.onnx"))
+      models = [Path(tmp) / "demo_drive.onnx"]
     for m in models: rows[m.stem] = bench_model(m, args.runs, tmp, args.fp16)
   head = f"{'model':<16} {'edgeml':>19} {'tinygrad (CL)':>19} {'onnxruntime x2':>19} {'onnxruntime x1':>19} {'e/tiny':>6} {'e/ort2':>6}"
   print(head)

@@ -138,11 +138,12 @@ def run_all(names: list, jobs: int, timeout: float, progress: bool = True) -> di
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(prog="python -m tools.conformance", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--subset", help="file with one case name per line")
-  ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+  ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: the CPU count)")
   ap.add_argument("-k", dest="pattern", help="only cases whose name contains this (or matches this glob)")
-  ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
+  ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case (default 60)")
   ap.add_argument("--write-passing", help="write the names of the passing cases here")
   ap.add_argument("-v", "--verbose", action="store_true", help="print every failure and skip with its reason")
   args = ap.parse_args(argv)

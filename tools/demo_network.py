@@ -23,9 +23,10 @@ def reference(x, w, b, lw, lb):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__)
-  ap.add_argument("--runs", type=int, default=20, help="timed runs (the table shows the median per kernel)")
+  ap = argparse.ArgumentParser(prog="python -m tools.demo_network", description=__doc__.split(". `")[0] + ".")
+  ap.add_argument("--runs", type=int, default=20, help="timed runs; the table shows the median per kernel (default 20)")
   args = ap.parse_args(argv)
+  if args.runs < 1: ap.error("--runs must be at least 1")
   dev = default_device()
   print(f"device: {dev.name}")
   rng = np.random.default_rng(0)

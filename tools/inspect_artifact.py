@@ -1,4 +1,6 @@
-"""edgeml-inspect: print what an artifact holds. Usage: `edgeml-inspect model.edgeml` (or `python -m tools.inspect_artifact`).
+"""edgeml-inspect: print what an artifact holds.
+
+  edgeml-inspect model.edgeml      (or python -m tools.inspect_artifact model.edgeml)
 
 Header facts, inputs and outputs, the buffer plan (image buffers with their format, size and row pitch), arena and
 weights sizes, and one line per kernel with its launch sizes, arguments (#n is buffer n), FLOPs and bytes, then the
@@ -18,8 +20,8 @@ def _arg(kind: str, value) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="edgeml-inspect", description="Show the contents of an edgeml artifact.")
-  parser.add_argument("artifact")
+  parser = argparse.ArgumentParser(prog="edgeml-inspect", description=__doc__.split("\n\n")[0])
+  parser.add_argument("artifact", help="a compiled .edgeml file")
   path = parser.parse_args(argv).artifact
   try: facts, spec = artifact_facts(path), read_artifact(path)
   except (OSError, ArtifactError) as e: raise SystemExit(f"edgeml-inspect: {e}")

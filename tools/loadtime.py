@@ -71,10 +71,15 @@ def measure(artifact: str, cache_dir: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="edgeml-loadtime", description=__doc__.splitlines()[0])
-  parser.add_argument("artifact", nargs="?", help="default: a demo artifact")
-  parser.add_argument("--rounds", type=int, default=3)
+  parser = argparse.ArgumentParser(prog="python -m tools.loadtime",
+                                   description=__doc__.split("\n\n")[0].split(". `")[0] + ".")
+  parser.add_argument("artifact", nargs="?", help="a compiled .edgeml file (default: a demo artifact written to a "
+                      "temporary folder)")
+  parser.add_argument("--rounds", type=int, default=3, help="cold + warm pairs to time (default 3)")
   args = parser.parse_args(argv)
+  if args.rounds < 1: parser.error("--rounds must be at least 1")
+  if args.artifact and not os.path.isfile(args.artifact):
+    raise SystemExit(f"loadtime: no such artifact: {args.artifact}")
   with tempfile.TemporaryDirectory(prefix="edgeml-loadtime-") as tmp:
     artifact = args.artifact or os.path.join(tmp, "demo.edgeml")
     if not args.artifact: write_demo(artifact)
