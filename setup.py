@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["edgeml*", "compiled*", "ipc*", "tools*"]),
     package_data={"ipc": ["*.capnp"], "compiled": ["*.capnp"]},
-    install_requires=["numpy", "pyopencl", "pycapnp", "pyzmq"],   # the device side: runtime, bus, daemons
+    install_requires=["numpy", "pyopencl", "pycapnp", "pyzmq", "cryptography"],   # the device side: runtime, bus, daemons
     extras_require={
         "compile": ["onnx", "onnxruntime"],                         # the workstation: compile, validate
         "dev": ["pytest", "pytest-xdist", "hypothesis", "onnx", "onnxruntime"],
@@ -16,6 +16,7 @@ setup(
     },
     entry_points={"console_scripts": [
         "edgeml-compile=tools.compile:main",
+        "edgeml-keygen=tools.keygen:main",
         "edgeml-validate=tools.validate:main",
         "edgeml-inspect=tools.inspect_artifact:main",
         "edgeml-bench=tools.bench:main",

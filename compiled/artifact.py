@@ -4,18 +4,24 @@ File layout (integers little-endian):
 
     magic (8 bytes) | u32 format version | u64 header length | u64 weights length
     | header (Cap'n Proto, compiled/artifact.capnp) | zero padding to a multiple of 64
-    | weights blob | sha256 of every byte before it (32 bytes)
+    | weights blob | sha256 of every byte before it (32 bytes) [| signature trailer, see compiled/signing.py]
 
-Reading checks the magic, the version, the length fields and the checksum before it parses a byte of the header, then
-checks the spec's own invariants (`validate`). Writing goes to a temporary file that is renamed into place, so a failed
-write never leaves a half-written artifact. The same spec always gives the same bytes. No pickle anywhere.
+Reading reads the whole file once into memory (no live mapping: a file truncated or rewritten under a running program
+cannot crash it), checks the magic, the version, the length fields, the checksum and the signature (when there is one
+or one is required) before it parses a byte of the header, then checks the whole structure (`validate`): every field,
+every kernel argument against the parameters the kernel declares, the data flow between kernels, the launch sizes
+against what each kernel stores, and input and output sizes against a cap. Every refusal is an ArtifactError naming
+the file and the field; no other exception leaves `read_artifact` for any file content. Writing goes to a temporary
+file that is renamed into place, so a failed write never leaves a half-written artifact. The same spec always gives
+the same bytes. No pickle anywhere.
 """
 import hashlib
-import mmap
+import math
 import os
 import struct
 from dataclasses import dataclass
 from compiled.atomic import write_atomic
+from compiled.kernelsig import ELEMENT_BYTES, SourceError, kernels_of
 from compiled.targets import TARGETS
 
 import capnp
@@ -31,6 +37,10 @@ BUFFER_KINDS = ("arena", "weights", "input", "output", "image")
 IMAGE_FORMATS = {"float32": 16, "float16": 8}  # image_format -> bytes per RGBA texel
 IMAGE_PITCH_ALIGN = 64  # bytes; image rows start at multiples of this
 IMAGE_MAX_SIDE = 65535  # imageWidth and imageHeight are UInt16 in the header
+MAX_TENSOR_BYTES_ENV = "EDGEML_MAX_TENSOR_BYTES"
+DEFAULT_MAX_TENSOR_BYTES = 256 << 20  # each input and output; EDGEML_MAX_TENSOR_BYTES or max_tensor_bytes= changes it
+CTYPE_OF = {"float32": "float", "float16": "half", "float64": "double", "int8": "char", "uint8": "uchar", "int16": "short",
+            "uint16": "ushort", "int32": "int", "uint32": "uint", "int64": "long", "uint64": "ulong", "bool": "uchar"}
 
 schema = capnp.load(os.path.join(os.path.dirname(__file__), "artifact.capnp"))
 
@@ -99,6 +109,7 @@ class ArtifactFacts:
   weights_nbytes: int
   file_nbytes: int
   sha256: str
+  signer: str = ""  # the signer's Ed25519 public key (hex); '' when unsigned
 
 
 def _padded(n: int) -> int:
@@ -107,48 +118,176 @@ def _padded(n: int) -> int:
 
 # ---- invariants --------------------------------------------------------------------------------------------------
 
-def validate(spec: ProgramSpec, where: str = "spec") -> None:
-  """Raise ArtifactError (naming `where`) unless every index, offset and size in `spec` is consistent."""
+def tensor_cap(value: int | None = None) -> int:
+  """The size cap of each input and output: `value`, else EDGEML_MAX_TENSOR_BYTES, else 256 MiB."""
+  if value is not None: return value
+  env = os.environ.get(MAX_TENSOR_BYTES_ENV, "")
+  try: return int(env) if env else DEFAULT_MAX_TENSOR_BYTES
+  except ValueError: raise ArtifactError(f"{MAX_TENSOR_BYTES_ENV}={env!r} is not a number of bytes") from None
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(spec: ProgramSpec, where: str = "spec", max_tensor_bytes: int | None = None) -> None:
+  """Raise ArtifactError (naming `where` and the field) unless `spec` is a program the compiler could have made:
+  every field in range, every buffer inside its parent, every kernel argument of the kind its parameter declares,
+  every buffer read only after it is written and not overwritten through another buffer before it is read, every
+  launch storing exactly its output, and inputs and outputs of at most `max_tensor_bytes` (see tensor_cap)."""
   def fail(problem: str): raise ArtifactError(f"{where}: {problem}")
+  cap = tensor_cap(max_tensor_bytes)
+  for field in ("target", "compiler_version", "source", "build_options"):
+    if not isinstance(getattr(spec, field), str): fail(f"{field} is not text")
   if spec.target not in TARGETS: fail(f"unknown target {spec.target!r} (known: {', '.join(TARGETS)})")
-  if spec.align < 1: fail(f"align must be positive, got {spec.align}")
+  if not _is_int(spec.align) or spec.align < 1 or spec.align & (spec.align - 1):
+    fail(f"align must be a positive power of two, got {spec.align}")
+  if not _is_int(spec.arena_size) or spec.arena_size < 0: fail(f"arena_size must be a byte count, got {spec.arena_size}")
   limits = {"arena": spec.arena_size, "weights": len(spec.weights), "image": len(spec.weights)}
   for i, b in enumerate(spec.buffers):
     if b.kind not in BUFFER_KINDS: fail(f"buffer {i} has unknown kind {b.kind!r}")
+    if not (_is_int(b.offset) and _is_int(b.nbytes) and b.offset >= 0 and b.nbytes >= 0):
+      fail(f"buffer {i} ({b.kind}) offset {b.offset} and nbytes {b.nbytes} must be byte counts")
     if b.kind in limits:
       if b.offset % spec.align: fail(f"buffer {i} ({b.kind}) offset {b.offset} is not a multiple of align {spec.align}")
-      if b.offset < 0 or b.nbytes < 0 or b.offset + b.nbytes > limits[b.kind]:
+      if b.offset + b.nbytes > limits[b.kind]:
         fail(f"buffer {i} ({b.kind}) bytes {b.offset}..{b.offset + b.nbytes} lie outside the "
              f"{'weights' if b.kind == 'image' else b.kind} ({limits[b.kind]} bytes)")
     elif b.offset: fail(f"buffer {i} ({b.kind}) must have offset 0, got {b.offset}")
+    elif b.nbytes > cap:
+      fail(f"buffer {i} ({b.kind}) nbytes {b.nbytes} exceeds the cap of {cap} bytes per input or output "
+           f"({MAX_TENSOR_BYTES_ENV})")
     if b.kind == "image":
       if b.image_format not in IMAGE_FORMATS: fail(f"image buffer {i} has unknown format {b.image_format!r}")
-      if not (0 < b.image_width <= IMAGE_MAX_SIDE and 0 < b.image_height <= IMAGE_MAX_SIDE):
+      if not (_is_int(b.image_width) and _is_int(b.image_height)
+              and 0 < b.image_width <= IMAGE_MAX_SIDE and 0 < b.image_height <= IMAGE_MAX_SIDE):
         fail(f"image buffer {i} has size {b.image_width}x{b.image_height}")
       if b.nbytes % b.image_height or b.pitch % IMAGE_PITCH_ALIGN or b.pitch < b.image_width * IMAGE_FORMATS[b.image_format]:
         fail(f"image buffer {i}: {b.nbytes} bytes in {b.image_height} rows of {b.image_width} {b.image_format} texels "
              f"is not a row pitch that is a multiple of {IMAGE_PITCH_ALIGN} bytes and holds a row")
     elif b.image_format or b.image_width or b.image_height: fail(f"buffer {i} ({b.kind}) has image fields")
+  arena_end = max((b.offset + b.nbytes for b in spec.buffers if b.kind == "arena"), default=0)
+  if spec.arena_size > -(-arena_end // spec.align) * spec.align:
+    fail(f"arena_size {spec.arena_size} is more than its buffers use ({arena_end} bytes, rounded up to align {spec.align})")
+  blob = sorted((b.offset, b.offset + b.nbytes, i) for i, b in enumerate(spec.buffers)
+                if b.kind in ("weights", "image") and b.nbytes)
+  for (_, end, i), (start, _, j) in zip(blob, blob[1:]):
+    if start < end: fail(f"buffers {i} and {j} overlap in the weights")
+  _validate_tensors(spec, fail, cap)
+  _validate_kernels(spec, fail)
+
+
+def _validate_tensors(spec: ProgramSpec, fail, cap: int) -> None:
+  owner = {}
   for role, tensors in (("input", spec.inputs), ("output", spec.outputs)):
     if len({t.name for t in tensors}) != len(tensors): fail(f"{role} names are not unique")
     for t in tensors:
-      try: dtype = np.dtype(t.dtype)
-      except TypeError: dtype = None
-      if dtype is None or dtype.name != t.dtype: fail(f"{role} {t.name!r} has dtype {t.dtype!r}, not a numpy dtype name")
-      if not 0 <= t.buffer < len(spec.buffers): fail(f"{role} {t.name!r} refers to missing buffer {t.buffer}")
+      if not isinstance(t.name, str) or not t.name: fail(f"an {role} has no name")
+      if not isinstance(t.dtype, str) or t.dtype not in CTYPE_OF:
+        fail(f"{role} {t.name!r} has dtype {t.dtype!r}, not a numpy dtype name the runtime supports "
+             f"({', '.join(CTYPE_OF)})")
+      if not all(_is_int(d) and d >= 0 for d in t.shape) or len(t.shape) > 32:
+        fail(f"{role} {t.name!r} has shape {list(t.shape)}: at most 32 sizes, each a count")
+      need = math.prod(t.shape) * np.dtype(t.dtype).itemsize
+      if need > cap:
+        fail(f"{role} {t.name!r} {t.dtype}{list(t.shape)} needs {need} bytes, more than the cap of {cap} bytes per input "
+             f"or output ({MAX_TENSOR_BYTES_ENV})")
+      if not (_is_int(t.buffer) and 0 <= t.buffer < len(spec.buffers)):
+        fail(f"{role} {t.name!r} refers to missing buffer {t.buffer}")
       b = spec.buffers[t.buffer]
-      if role == "input" and b.kind != "input": fail(f"input {t.name!r} must live in an input buffer, not {b.kind}")
-      if (need := int(np.prod(t.shape, dtype=np.int64)) * dtype.itemsize) != b.nbytes:
+      if b.kind != role: fail(f"{role} {t.name!r} must live in an {role} buffer, not {b.kind}")
+      if t.buffer in owner: fail(f"{role} {t.name!r} shares buffer {t.buffer} with {owner[t.buffer]!r}")
+      owner[t.buffer] = t.name
+      if need != b.nbytes:
         fail(f"{role} {t.name!r} {t.dtype}{list(t.shape)} needs {need} bytes but buffer {t.buffer} has {b.nbytes}")
+  for i, b in enumerate(spec.buffers):
+    if b.kind in ("input", "output") and i not in owner: fail(f"buffer {i} ({b.kind}) belongs to no {b.kind}")
+
+
+def _validate_kernels(spec: ProgramSpec, fail) -> None:
+  """Arguments against the declared parameters, launch sizes against the stores, and the data flow between kernels."""
   if len({k.name for k in spec.kernels}) != len(spec.kernels): fail("kernel names are not unique")
-  for k in spec.kernels:
-    if not 1 <= len(k.global_size) <= 3: fail(f"kernel {k.name!r} needs 1 to 3 global dimensions")
-    if k.local_size is not None and len(k.local_size) != len(k.global_size):
-      fail(f"kernel {k.name!r} local size {k.local_size} does not match global size {k.global_size}")
-    for kind, value in k.args:
-      if kind not in ARG_KINDS: fail(f"kernel {k.name!r} has an argument of unknown kind {kind!r}")
-      if kind == "buffer" and not 0 <= value < len(spec.buffers):
-        fail(f"kernel {k.name!r} refers to missing buffer {value}")
+  try: declared = kernels_of(spec.source)
+  except SourceError as e: fail(f"source: {e}")
+  ctype_of_buffer = {t.buffer: CTYPE_OF[t.dtype] for t in (*spec.inputs, *spec.outputs)}
+  valid = {i for i, b in enumerate(spec.buffers) if b.kind in ("input", "weights", "image")}  # hold their data
+  clobbered, written, read = {}, set(), set()
+  for n, k in enumerate(spec.kernels):
+    what = f"kernel {n} ({k.name!r})"
+    decl = declared.get(k.name)
+    if decl is None: fail(f"kernel {k.name!r} is not in the program source")
+    if len(decl.params) != len(k.args):
+      fail(f"kernel {k.name!r} takes {len(decl.params)} arguments, the artifact gives {len(k.args)}")
+    if decl.output is None: fail(f"{what} must write exactly one __global pointer (the others const)")
+    reads, out = [], None
+    for j, ((kind, value), p) in enumerate(zip(k.args, decl.params)):
+      if kind not in ARG_KINDS: fail(f"{what} argument {j} has unknown kind {kind!r}")
+      if kind == "buffer":
+        if not (_is_int(value) and 0 <= value < len(spec.buffers)): fail(f"{what} argument {j} refers to missing buffer {value}")
+        b = spec.buffers[value]
+        if p.kind not in ("buffer", "image") or (b.kind == "image") != (p.kind == "image"):
+          fail(f"{what} argument {j} is buffer {value} ({b.kind}), but parameter {p.name!r} is "
+               f"{'an image2d_t' if p.kind == 'image' else 'a buffer' if p.kind == 'buffer' else 'a ' + p.kind}")
+        if p.kind == "buffer":
+          if ctype_of_buffer.setdefault(value, p.ctype) != p.ctype:
+            fail(f"{what} argument {j} reads or writes buffer {value} as {p.ctype}, elsewhere it is "
+                 f"{ctype_of_buffer[value]}")
+          if b.nbytes % ELEMENT_BYTES[p.ctype]:
+            fail(f"{what} argument {j}: buffer {value} has {b.nbytes} bytes, not a whole number of {p.ctype}")
+        if p.writes:
+          if b.kind not in ("arena", "output"):
+            fail(f"{what} argument {j} writes buffer {value} ({b.kind}); only arena and output buffers are written")
+          out = value
+        else: reads.append((j, value))
+      else:
+        if p.kind != kind: fail(f"{what} argument {j} is {kind}, but parameter {p.name!r} is {p.kind}")
+        if kind == "int32" and not (_is_int(value) and -2**31 <= value < 2**31): fail(f"{what} argument {j} is not an int32")
+        if kind == "float32" and not isinstance(value, (int, float)): fail(f"{what} argument {j} is not a float32")
+    _validate_launch(spec, k, decl, out, what, fail)
+    for j, r in reads:
+      if r == out or _overlap(spec.buffers[r], spec.buffers[out]):
+        fail(f"{what} argument {j} reads buffer {r}, which overlaps buffer {out} it writes")
+      if r not in valid:
+        fail(f"{what} argument {j} reads buffer {r} ({spec.buffers[r].kind}) "
+             + (f"after kernel {clobbered[r]} overwrote its bytes" if r in clobbered else "before any kernel writes it"))
+      read.add(r)
+    if spec.buffers[out].kind == "output" and out in written: fail(f"{what} writes output buffer {out} a second time")
+    written.add(out)
+    for i, b in enumerate(spec.buffers):
+      if i != out and i in valid and _overlap(b, spec.buffers[out]): valid.discard(i); clobbered[i] = n
+    valid.add(out)
+  for i, b in enumerate(spec.buffers):
+    if b.kind == "output" and i not in written: fail(f"buffer {i} (output) is written by no kernel")
+    if b.kind in ("weights", "image") and i not in read: fail(f"buffer {i} ({b.kind}) is read by no kernel")
+    if b.kind == "arena" and i not in written: fail(f"buffer {i} (arena) is written by no kernel")
+
+
+def _overlap(a: BufferSpec, b: BufferSpec) -> bool:
+  """Whether two buffers share bytes (arena buffers may; the others each have memory of their own)."""
+  return a.kind == b.kind == "arena" and a.nbytes > 0 and b.nbytes > 0 and \
+      a.offset < b.offset + b.nbytes and b.offset < a.offset + a.nbytes
+
+
+def _validate_launch(spec: ProgramSpec, k: KernelSpec, decl, out: int, what: str, fail) -> None:
+  """Sizes positive, local dividing global, the declared work-group size, and exactly the output's elements stored."""
+  g, loc = tuple(k.global_size), k.local_size
+  if not 1 <= len(g) <= 3 or not all(_is_int(v) and v >= 1 for v in g):
+    fail(f"{what} global size {list(g)} is not 1 to 3 positive sizes")
+  if loc is not None:
+    loc = tuple(loc)
+    if len(loc) != len(g) or not all(_is_int(v) and v >= 1 for v in loc):
+      fail(f"{what} local size {list(loc)} is not {len(g)} positive sizes like its global size {list(g)}")
+    if any(gs % ls for gs, ls in zip(g, loc)): fail(f"{what} local size {list(loc)} does not divide global size {list(g)}")
+  if decl.reqd_local is not None and (loc or ()) + (1,) * (3 - len(loc or ())) != decl.reqd_local:
+    fail(f"{what} local size {list(loc or [])} is not the work-group size {list(decl.reqd_local)} the source requires")
+  p = decl.params[decl.output]
+  elements = spec.buffers[out].nbytes // ELEMENT_BYTES[p.ctype]
+  stores = decl.stores_per_item()
+  guard = decl.guard_x()
+  items = min(g[0], guard if guard is not None else g[0]) * math.prod(g[1:])
+  if items * stores != elements:
+    fail(f"{what} global size {list(g)} stores {items} x {stores} elements of {p.name!r}, but buffer {out} holds "
+         f"{elements} {p.ctype}")
 
 
 # ---- write -------------------------------------------------------------------------------------------------------
@@ -170,8 +309,9 @@ def _header(spec: ProgramSpec) -> bytes:
   return msg.to_bytes()
 
 
-def write_artifact(spec: ProgramSpec, path: str | os.PathLike) -> None:
-  """Write `spec` to `path` atomically: a temporary file beside it, flushed, then renamed over it."""
+def write_artifact(spec: ProgramSpec, path: str | os.PathLike, sign_key=None) -> None:
+  """Write `spec` to `path` atomically: a temporary file beside it, flushed, then renamed over it. `sign_key` (an
+  Ed25519 private key: a PEM file path, PEM bytes or a key object) appends a signature (compiled/signing.py)."""
   path = os.fspath(path)
   validate(spec, path)
   header, weights = _header(spec), memoryview(spec.weights).cast("B")
@@ -179,18 +319,23 @@ def write_artifact(spec: ProgramSpec, path: str | os.PathLike) -> None:
   head += bytes(_padded(len(head)) - len(head))
   digest = hashlib.sha256(head)
   digest.update(weights)
-  write_atomic(path, head, weights, digest.digest())
+  parts = [head, weights, digest.digest()]
+  if sign_key is not None:
+    from compiled.signing import trailer
+    parts.append(trailer(digest.digest(), sign_key))
+  write_atomic(path, *parts)
 
 
 # ---- read --------------------------------------------------------------------------------------------------------
 
-def _verified(path: str) -> tuple[memoryview, ArtifactFacts]:
-  """Map the file and check magic, version, lengths and checksum; nothing of the header is parsed yet."""
-  with open(path, "rb") as f:
-    size = os.fstat(f.fileno()).st_size
-    if size < PREFIX.size + DIGEST:
-      raise ArtifactError(f"{path}: truncated: {size} bytes, less than the {PREFIX.size + DIGEST} of an empty artifact")
-    data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+def _verified(path: str, trusted_keys=None, require_signature: bool = False) -> tuple[memoryview, ArtifactFacts]:
+  """Read the file once and check magic, version, lengths, checksum and signature; nothing of the header is parsed."""
+  try:
+    with open(path, "rb") as f: data = memoryview(f.read())
+  except OSError as e: raise ArtifactError(f"{path}: cannot read: {e.strerror or e}") from None
+  size = len(data)
+  if size < PREFIX.size + DIGEST:
+    raise ArtifactError(f"{path}: truncated: {size} bytes, less than the {PREFIX.size + DIGEST} of an empty artifact")
   magic, version, header_nbytes, weights_nbytes = PREFIX.unpack(data[:PREFIX.size])
   if magic != MAGIC: raise ArtifactError(f"{path}: not an edgeml artifact: magic {magic!r} at offset 0, expected {MAGIC!r}")
   if version > FORMAT_VERSION:
@@ -198,49 +343,99 @@ def _verified(path: str) -> tuple[memoryview, ArtifactFacts]:
   if version < 1: raise ArtifactError(f"{path}: invalid format version {version} at offset 8")
   weights_offset = _padded(PREFIX.size + header_nbytes)
   expected = weights_offset + weights_nbytes + DIGEST
-  if size != expected:
+  from compiled import signing  # the module only; `cryptography` is imported when a signature is checked
+  signed = size == expected + signing.TRAILER and bytes(data[expected:expected + len(signing.SIG_MAGIC)]) == signing.SIG_MAGIC
+  if size != expected and not signed:
     raise ArtifactError(f"{path}: {'truncated' if size < expected else 'trailing data'}: the file has {size} bytes but "
                         f"its length fields (header {header_nbytes} bytes at offset {PREFIX.size}, weights "
-                        f"{weights_nbytes} bytes at offset {weights_offset}) make {expected}")
-  stored, actual = bytes(data[size - DIGEST:]), hashlib.sha256(data[:size - DIGEST]).digest()
+                        f"{weights_nbytes} bytes at offset {weights_offset}) make {expected}"
+                        + (f" (or {expected + signing.TRAILER} signed)" if size > expected else ""))
+  end = expected - DIGEST
+  stored, actual = bytes(data[end:expected]), hashlib.sha256(data[:end]).digest()
   if stored != actual:
-    raise ArtifactError(f"{path}: checksum mismatch (the file is corrupt): sha256 of bytes 0..{size - DIGEST} is "
-                        f"{actual.hex()}, the file stores {stored.hex()} at offset {size - DIGEST}")
-  return data, ArtifactFacts(version, header_nbytes, weights_offset, weights_nbytes, size, stored.hex())
+    raise ArtifactError(f"{path}: checksum mismatch (the file is corrupt): sha256 of bytes 0..{end} is "
+                        f"{actual.hex()}, the file stores {stored.hex()} at offset {end}")
+  trusted = signing.trusted_keys_from(trusted_keys) if trusted_keys or os.environ.get(signing.TRUSTED_KEYS_ENV) else []
+  signer = signing.check(path, actual, bytes(data[expected:]) if signed else None, trusted, require_signature)
+  return data[:expected], ArtifactFacts(version, header_nbytes, weights_offset, weights_nbytes, size, stored.hex(), signer)
 
 
 def artifact_facts(path: str | os.PathLike) -> ArtifactFacts:
-  """The verified fixed-size facts of an artifact (format version, sizes, sha256)."""
+  """The verified fixed-size facts of an artifact (format version, sizes, sha256, signer)."""
   return _verified(os.fspath(path))[1]
 
 
+def _field(name: str, read):
+  """read() of header field `name`, any failure of the reader (a null pointer, bad UTF-8, a list past the traversal
+  limit, an unknown union member) an ArtifactError naming the field."""
+  try: return read()
+  except ArtifactError: raise
+  except (capnp.KjException, RuntimeError, UnicodeDecodeError, ValueError, TypeError, AttributeError, IndexError,
+          OverflowError, KeyError) as e:
+    raise _HeaderError(f"field {name}: {getattr(e, 'description', None) or e}") from None
+
+
+class _HeaderError(Exception):
+  pass
+
+
+def _enum(name: str, read, names: tuple[str, ...]) -> str:
+  value = _field(name, lambda: str(read()))
+  if value not in names: raise _HeaderError(f"field {name}: {value!r} is not one of {', '.join(names)}")
+  return value
+
+
 def _spec_from(msg, weights: memoryview) -> ProgramSpec:
-  def tensors(lst): return [TensorSpec(t.name, tuple(t.shape), t.dtype, t.buffer) for t in lst]
-  def arg(a):
-    kind = str(a.which())
-    return kind, getattr(a, kind)
+  def tensors(field: str) -> list[TensorSpec]:
+    out = []
+    for i, t in enumerate(_field(field, lambda: list(getattr(msg, field)))):
+      at = f"{field}[{i}]"
+      out.append(TensorSpec(_field(f"{at}.name", lambda: str(t.name)), _field(f"{at}.shape", lambda: tuple(t.shape)),
+                            _field(f"{at}.dtype", lambda: str(t.dtype)), _field(f"{at}.buffer", lambda: int(t.buffer))))
+    return out
+
+  buffers = []
+  for i, b in enumerate(_field("buffers", lambda: list(msg.buffers))):
+    at = f"buffers[{i}]"
+    kind = _enum(f"{at}.kind", lambda: b.kind, BUFFER_KINDS)
+    image = (_enum(f"{at}.imageFormat", lambda: b.imageFormat, ("none", *IMAGE_FORMATS)),
+             _field(f"{at}.imageWidth", lambda: int(b.imageWidth)), _field(f"{at}.imageHeight", lambda: int(b.imageHeight)))
+    if kind != "image" and image != ("none", 0, 0): raise _HeaderError(f"field {at}: a {kind} buffer with image fields")
+    buffers.append(BufferSpec(kind, _field(f"{at}.offset", lambda: int(b.offset)), _field(f"{at}.nbytes", lambda: int(b.nbytes)),
+                              *(image if kind == "image" else ())))
+  kernels = []
+  for n, k in enumerate(_field("kernels", lambda: list(msg.kernels))):
+    at = f"kernels[{n}]"
+    args = []
+    for j, a in enumerate(_field(f"{at}.args", lambda: list(k.args))):
+      kind = _enum(f"{at}.args[{j}]", lambda: a.which(), ARG_KINDS)
+      args.append((kind, _field(f"{at}.args[{j}].{kind}", lambda: getattr(a, kind))))
+    kernels.append(KernelSpec(_field(f"{at}.name", lambda: str(k.name)), _field(f"{at}.globalSize", lambda: tuple(k.globalSize)),
+                              _field(f"{at}.localSize", lambda: tuple(k.localSize)) or None, args,
+                              _field(f"{at}.flops", lambda: int(k.flops)), _field(f"{at}.bytes", lambda: int(k.bytes))))
   return ProgramSpec(
-    target=msg.target, compiler_version=msg.compilerVersion, source=msg.source, build_options=msg.buildOptions,
-    inputs=tensors(msg.inputs), outputs=tensors(msg.outputs),
-    buffers=[BufferSpec(str(b.kind), b.offset, b.nbytes,
-                        *((str(b.imageFormat), b.imageWidth, b.imageHeight) if str(b.kind) == "image" else ()))
-             for b in msg.buffers],
-    kernels=[KernelSpec(k.name, tuple(k.globalSize), tuple(k.localSize) or None, [arg(a) for a in k.args],
-                        k.flops, k.bytes) for k in msg.kernels],
-    arena_size=msg.arenaSize, align=msg.align, weights=weights)
+    target=_field("target", lambda: str(msg.target)), compiler_version=_field("compilerVersion", lambda: str(msg.compilerVersion)),
+    source=_field("source", lambda: str(msg.source)), build_options=_field("buildOptions", lambda: str(msg.buildOptions)),
+    inputs=tensors("inputs"), outputs=tensors("outputs"), buffers=buffers, kernels=kernels,
+    arena_size=_field("arenaSize", lambda: int(msg.arenaSize)), align=_field("align", lambda: int(msg.align)), weights=weights)
 
 
-def read_artifact(path: str | os.PathLike) -> ProgramSpec:
-  """Verify and parse an artifact. The weights are a read-only memoryview over the mapped file (no copy)."""
+def read_artifact(path: str | os.PathLike, trusted_keys=None, require_signature: bool = False,
+                  max_tensor_bytes: int | None = None) -> ProgramSpec:
+  """Verify, parse and validate an artifact. The weights are a read-only memoryview of the bytes read (a private copy
+  of the file: nothing maps it). `trusted_keys` (Ed25519 public keys: PEM files, PEM bytes or raw 32 bytes; with those
+  named in EDGEML_TRUSTED_KEYS) are the signers accepted; with `require_signature` an unsigned artifact is refused.
+  `max_tensor_bytes` caps each input and output (default EDGEML_MAX_TENSOR_BYTES, else 256 MiB)."""
   path = os.fspath(path)
-  data, facts = _verified(path)
+  data, facts = _verified(path, trusted_keys, require_signature)
   header = bytes(data[PREFIX.size:PREFIX.size + facts.header_nbytes])
   weights = data[facts.weights_offset:facts.weights_offset + facts.weights_nbytes]
   try:
     # each header word is read about once; the margin covers lists read twice
     with schema.Program.from_bytes(header, traversal_limit_in_words=4 * (len(header) // 8) + 64) as msg:
       spec = _spec_from(msg, weights)
-  except capnp.KjException as e:
-    raise ArtifactError(f"{path}: corrupt header at offset {PREFIX.size}: {e.description}") from e
-  validate(spec, path)
+  except _HeaderError as e: raise ArtifactError(f"{path}: corrupt header at offset {PREFIX.size}: {e}") from None
+  except (capnp.KjException, RuntimeError, ValueError, TypeError) as e:
+    raise ArtifactError(f"{path}: corrupt header at offset {PREFIX.size}: {getattr(e, 'description', None) or e}") from None
+  validate(spec, path, max_tensor_bytes)
   return spec

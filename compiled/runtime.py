@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pyopencl as cl
 
-from compiled.artifact import ArtifactError, BufferSpec, KernelSpec, ProgramSpec, read_artifact
+from compiled.artifact import ArtifactError, BufferSpec, KernelSpec, ProgramSpec, read_artifact, validate
 from compiled.debug import DEBUG, kernel_line, say
-from compiled.device import Device, default_device, list_devices
+from compiled.device import Device, DeviceError, default_device, list_devices
 from compiled.targets import target_of
 
 SCALARS = {"int32": np.int32, "float32": np.float32}
@@ -38,10 +38,15 @@ def _device_for(spec: ProgramSpec, path: str, device: Device | None, allow_targe
   return device
 
 
-def load(path: str | os.PathLike, device: Device | None = None, allow_target_mismatch: bool = False) -> "Program":
-  """Open and verify the artifact at `path` and make it ready to run on `device` (default: one of its target)."""
-  spec = read_artifact(path)
-  return Program(spec, _device_for(spec, os.fspath(path), device, allow_target_mismatch), name=os.fspath(path))
+def load(path: str | os.PathLike, device: Device | None = None, allow_target_mismatch: bool = False,
+         trusted_keys=None, require_signature: bool = False, max_tensor_bytes: int | None = None) -> "Program":
+  """Open and verify the artifact at `path` and make it ready to run on `device` (default: one of its target).
+  `trusted_keys` (Ed25519 public keys: PEM files, PEM bytes or raw 32 bytes; with the files in EDGEML_TRUSTED_KEYS)
+  are the signers accepted; `require_signature` refuses unsigned artifacts; `max_tensor_bytes` caps each input and
+  output (default EDGEML_MAX_TENSOR_BYTES, else 256 MiB). Anything wrong with the file is an ArtifactError."""
+  spec = read_artifact(path, trusted_keys, require_signature, max_tensor_bytes)
+  return Program(spec, _device_for(spec, os.fspath(path), device, allow_target_mismatch), name=os.fspath(path),
+                 max_tensor_bytes=max_tensor_bytes)
 
 
 class Program:
@@ -50,11 +55,21 @@ class Program:
   run(feeds) -> {name: array} and run(output_names | None, feeds) -> [array] copy in and out. The allocation-free path:
   fill input_buffer(name) in place, execute(), read output_buffer(name) (a view, overwritten by the next execute).
   """
-  def __init__(self, spec: ProgramSpec, device: Device, name: str = "program"):
+  def __init__(self, spec: ProgramSpec, device: Device, name: str = "program", max_tensor_bytes: int | None = None):
     self.name, self.device = name, device
+    validate(spec, name, max_tensor_bytes)  # the whole structure, before anything is allocated or enqueued
+    self._check_device_limits(spec)
+    try: self._setup(spec)
+    except cl.Error as e: raise ArtifactError(f"{name}: {device.name} refused the program: {e}") from None
+
+  def _setup(self, spec: ProgramSpec) -> None:
+    """Allocate, build, bind and warm up (pyopencl errors are turned into an ArtifactError by __init__)."""
     self.inputs, self.outputs, self.kernels = spec.inputs, spec.outputs, spec.kernels
     self._buffers = self._allocate(spec)  # held: a kernel does not keep its argument buffers alive
-    program = device.build(spec.source, spec.build_options)
+    try: program = self.device.build(spec.source, spec.build_options)
+    except DeviceError as e:
+      log = str(e).split("--- source ---")[0].strip()[-600:]
+      raise ArtifactError(f"{self.name}: the program source does not build on {self.device.name}: {log}") from None
     self._launches = [self._bind(program, k) for k in spec.kernels]
     self._events: list[cl.Event | None] = [None] * len(self._launches)
     self._host_inputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
@@ -62,6 +77,25 @@ class Program:
     self._uploads = [(self._buffers[t.buffer], self._host_inputs[t.name]) for t in self.inputs]
     self._downloads = [(self._host_outputs[t.name], self._buffers[t.buffer]) for t in self.outputs]
     self.execute()  # warm-up: machine code is generated at each kernel's first enqueue
+
+  def _check_device_limits(self, spec: ProgramSpec) -> None:
+    """Every allocation and launch within what the device allows (CL_DEVICE_MAX_*), before anything is allocated."""
+    dev = self.device.dev
+    def refuse(problem: str): raise ArtifactError(f"{self.name}: {problem}, more than {self.device.name} allows")
+    sizes = [("arena_size", spec.arena_size), ("the weights", len(spec.weights))]
+    sizes += [(f"buffer {i} ({b.kind})", b.nbytes) for i, b in enumerate(spec.buffers) if b.kind in ("input", "output")]
+    for what, n in sizes:
+      if n > dev.max_mem_alloc_size: refuse(f"{what} is {n} bytes (CL_DEVICE_MAX_MEM_ALLOC_SIZE {dev.max_mem_alloc_size})")
+    for n, k in enumerate(spec.kernels):
+      what = f"kernel {n} ({k.name!r})"
+      if len(k.global_size) > dev.max_work_item_dimensions:
+        refuse(f"{what} has {len(k.global_size)} dimensions (CL_DEVICE_MAX_WORK_ITEM_DIMENSIONS {dev.max_work_item_dimensions})")
+      if any(g >= 1 << dev.address_bits for g in k.global_size): refuse(f"{what} global size {list(k.global_size)}")
+      if k.local_size:
+        if int(np.prod(k.local_size)) > dev.max_work_group_size:
+          refuse(f"{what} local size {list(k.local_size)} (CL_DEVICE_MAX_WORK_GROUP_SIZE {dev.max_work_group_size})")
+        if any(v > m for v, m in zip(k.local_size, dev.max_work_item_sizes)):
+          refuse(f"{what} local size {list(k.local_size)} (CL_DEVICE_MAX_WORK_ITEM_SIZES {list(dev.max_work_item_sizes)})")
 
   def _allocate(self, spec: ProgramSpec) -> list[cl.Buffer]:
     """One device buffer per plan entry; arena and weights entries are sub-buffers of one arena, one weights buffer."""
@@ -97,6 +131,10 @@ class Program:
     if kernel.num_args != len(k.args):
       raise ArtifactError(f"{self.name}: kernel {k.name!r} takes {kernel.num_args} arguments, "
                           f"the artifact gives {len(k.args)}")
+    group = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device.dev)
+    if k.local_size and int(np.prod(k.local_size)) > group:
+      raise ArtifactError(f"{self.name}: kernel {k.name!r} local size {list(k.local_size)} is more than its "
+                          f"CL_KERNEL_WORK_GROUP_SIZE {group} on {self.device.name}")
     for i, (kind, value) in enumerate(k.args):
       kernel.set_arg(i, self._buffers[value] if kind == "buffer" else SCALARS[kind](value))
     return kernel, k.global_size, k.local_size
