@@ -43,7 +43,8 @@ def parse_consts(items: list[str], const_file: str | None = None) -> dict:
 
 
 def compile_model(model_path: str, out_path: str, shapes: dict | None = None, target: str = "pocl", tune: bool = False,
-                  fp16: bool = False, log=print, consts: dict | None = None):
+                  fp16: bool = False, log=print, consts: dict | None = None,
+                  sign_key=None):
   """Compile and write the artifact; returns the Compiled result. Progress goes to `log`."""
   from edgeml.compile import compile_graph, placeholder
   from edgeml.onnx import OnnxModel
@@ -60,7 +61,7 @@ def compile_model(model_path: str, out_path: str, shapes: dict | None = None, ta
       f"arena {result.planned:,} B planned for {result.unplanned:,} B of intermediates "
       f"(liveness lower bound {result.lower_bound:,} B, ratio {result.planned / max(result.lower_bound, 1):.2f}), "
       f"weights {len(spec.weights):,} B")
-  write_artifact(spec, out_path)
+  write_artifact(spec, out_path, sign_key=sign_key)   # sign_key: an Ed25519 PEM file (compiled/signing.py)
   log(f"[3/3] wrote {out_path} ({os.path.getsize(out_path):,} B, target {target}{', fp16 weights' if fp16 else ''}) "
       f"in {time.perf_counter() - t0:.1f} s")
   return result
@@ -78,12 +79,19 @@ def main(argv=None):
   ap.add_argument("--fp16", action="store_true", help="store weights as float16 (half the bytes; math stays float32)")
   ap.add_argument("--tune", action="store_true", help="time each kernel's variants on this machine's device and keep "
                   "the fastest (slower compile, cached)")
+  ap.add_argument("--sign", metavar="KEY.pem", help="sign the artifact with this Ed25519 private key (make one with "
+                  "edgeml-keygen); compiled.load(..., trusted_keys=[KEY.pub]) then accepts it")
   args = ap.parse_args(argv)
+  if args.sign:
+    from compiled.artifact import ArtifactError
+    from compiled.signing import load_private_key
+    try: load_private_key(args.sign)
+    except ArtifactError as e: raise SystemExit(f"edgeml-compile: --sign: {e}")
   if not os.path.isfile(args.model): raise SystemExit(f"edgeml-compile: no such model file: {args.model}")
   out = args.output or os.path.splitext(args.model)[0] + ".edgeml"
   try:
     compile_model(args.model, out, parse_shapes(args.shape), args.target, args.tune, args.fp16,
-                  consts=parse_consts(args.const, args.const_file))
+                  consts=parse_consts(args.const, args.const_file), sign_key=args.sign)
   except (ValueError, NotImplementedError) as e:
     print(f"edgeml-compile: {args.model}: {e}", file=sys.stderr)
     raise SystemExit(1)
