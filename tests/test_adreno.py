@@ -109,15 +109,28 @@ def test_validate_refuses_unpitched_images():
   with pytest.raises(ArtifactError, match="format"): validate(bad)
 
 
-@pytest.mark.skipif(not MODELS.is_dir(), reason="../shared/models is not present")
-def test_tiny_detector_for_adreno_matches_reference(tmp_path):
+@pytest.mark.parametrize("name", ["demo_drive", *[n for n in ("tiny_detector",) if (MODELS / f"{n}.onnx").exists()]])
+def test_driving_models_for_adreno_match_reference(name, tmp_path):
+  """The demo model (depthwise and pointwise convs, Gemm and GRU weights through images) at a small input size against
+  onnxruntime; ../shared's tiny_detector, when present, against its stored outputs."""
+  import onnxruntime as ort
+  from edgeml.demo_model import build
   from tools.compile import compile_model
-  path = tmp_path / "tiny_detector.edgeml"
-  compile_model(str(MODELS / "tiny_detector.onnx"), str(path), target="adreno", log=lambda *_: None)
+  onnx_path = tmp_path / f"{name}.onnx" if name == "demo_drive" else MODELS / f"{name}.onnx"
+  if name == "demo_drive": build(str(onnx_path), 64, 64, hidden=32)
+  path = tmp_path / f"{name}.edgeml"
+  compile_model(str(onnx_path), str(path), target="adreno", log=lambda *_: None)
   spec = read_artifact(path)
   assert any(b.kind == "image" for b in spec.buffers) and "read_imagef" in spec.source
   prog = compiled.load(path, allow_target_mismatch=True)
-  with np.load(MODELS / "tiny_detector.npz") as ref:
-    got = prog.run({s.name: ref[s.name] for s in prog.inputs})
-    for s in prog.outputs:
-      np.testing.assert_allclose(got[s.name], ref[s.name], rtol=1e-3, atol=1e-4, err_msg=s.name)
+  if name == "demo_drive":
+    rng = np.random.default_rng(0)
+    feeds = {s.name: (rng.random(s.shape) * 255 if s.name == "input_imgs" else rng.standard_normal(s.shape) * 0.5)
+             .astype(np.float32) for s in prog.inputs}
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ref = dict(feeds, **dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds))))
+  else:
+    ref = dict(np.load(MODELS / f"{name}.npz"))
+  got = prog.run({s.name: ref[s.name] for s in prog.inputs})
+  for s in prog.outputs:
+    np.testing.assert_allclose(got[s.name], ref[s.name], rtol=1e-3, atol=1e-4, err_msg=s.name)

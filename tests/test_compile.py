@@ -1,5 +1,6 @@
-"""Ahead-of-time compile: graphs and ONNX models to artifacts, run by the lean runtime, checked against numpy and the
-onnxruntime references in ../shared/models; the arena plan; constant folding; determinism; clean failures."""
+"""Ahead-of-time compile: graphs and ONNX models to artifacts, run by the lean runtime, checked against numpy and
+onnxruntime (the project's demo driving model always; ../shared/models too when it is beside the checkout); the arena
+plan; constant folding; determinism; clean failures."""
 import os
 from pathlib import Path
 import numpy as np
@@ -9,12 +10,13 @@ from hypothesis import given, settings, strategies as st
 import compiled
 from compiled.artifact import write_artifact
 from edgeml import Tensor
+from edgeml import demo_model
 from edgeml.compile import compile_graph, placeholder
 from edgeml.memplan import Interval, align_up, liveness_lower_bound, plan_arena
 from tools.compile import compile_model, parse_shapes
 
-MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
-needs_models = pytest.mark.skipif(not MODELS.is_dir(), reason="../shared/models is not present")
+MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"  # optional extra models beside the checkout
+SHARED = [name for name in ("tiny_detector", "mini_drive") if (MODELS / f"{name}.onnx").exists()]
 
 
 def test_graph_compiles_and_runs_without_the_compiler(tmp_path):
@@ -83,24 +85,45 @@ def test_arena_plan_never_overlaps_live_buffers(raw):
   assert size >= liveness_lower_bound(intervals, 64)
 
 
-@needs_models
-@pytest.mark.parametrize("name", ["tiny_detector", "mini_drive"])
-def test_shared_models_compile_load_and_match_onnxruntime(name, tmp_path):
+def _demo_frames(onnx_path, frames: int, seed: int = 0):
+  """(feeds, onnxruntime outputs) for `frames` consecutive frames of the demo model, each frame's state_out fed back
+  as the next frame's state."""
+  import onnxruntime
+  session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+  shapes, names = {i.name: i.shape for i in session.get_inputs()}, [o.name for o in session.get_outputs()]
+  rng, state = np.random.default_rng(seed), np.zeros(shapes["state"], np.float32)
+  for _ in range(frames):
+    feeds = {"input_imgs": rng.integers(0, 256, shapes["input_imgs"]).astype(np.float32),
+             "desire": rng.standard_normal(shapes["desire"]).astype(np.float32), "state": state}
+    want = dict(zip(names, session.run(names, feeds)))
+    yield feeds, want
+    state = want["state_out"]
+
+
+@pytest.mark.parametrize("name", ["demo_drive", *SHARED])
+def test_driving_models_compile_load_and_match_onnxruntime(name, tmp_path):
+  """The demo model (mini_drive's structure: depthwise convs, squeeze-excite, GRU, Softmax/Clip/Exp heads) over two
+  frames with its recurrent state fed back; the ../shared models against their stored onnxruntime outputs."""
+  onnx_path = tmp_path / "demo_drive.onnx" if name == "demo_drive" else MODELS / f"{name}.onnx"
+  if name == "demo_drive": demo_model.build(str(onnx_path))
   path = tmp_path / f"{name}.edgeml"
-  result = compile_model(str(MODELS / f"{name}.onnx"), str(path), log=lambda *_: None)
+  result = compile_model(str(onnx_path), str(path), log=lambda *_: None)
   assert result.planned <= 1.1 * result.lower_bound, (result.planned, result.lower_bound)
   assert result.planned < result.unplanned
   prog = compiled.load(path)
-  with np.load(MODELS / f"{name}.npz") as ref:
-    got = prog.run({s.name: ref[s.name] for s in prog.inputs})
+  if name == "demo_drive": cases = list(_demo_frames(onnx_path, 2))
+  else:
+    with np.load(MODELS / f"{name}.npz") as ref: cases = [({s.name: ref[s.name] for s in prog.inputs}, dict(ref))]
+  for frame, (feeds, want) in enumerate(cases):
+    got = prog.run(feeds)
     for s in prog.outputs:
-      np.testing.assert_allclose(got[s.name], ref[s.name], rtol=1e-3, atol=1e-4, err_msg=s.name)
+      np.testing.assert_allclose(got[s.name], want[s.name], rtol=1e-3, atol=1e-4, err_msg=f"{s.name}, frame {frame}")
 
 
-@needs_models
 def test_same_model_gives_byte_identical_artifacts(tmp_path):
+  demo_model.build(str(tmp_path / "demo.onnx"), 64, 64, hidden=16)
   a, b = tmp_path / "a.edgeml", tmp_path / "b.edgeml"
-  for p in (a, b): compile_model(str(MODELS / "tiny_detector.onnx"), str(p), log=lambda *_: None)
+  for p in (a, b): compile_model(str(tmp_path / "demo.onnx"), str(p), log=lambda *_: None)
   assert a.read_bytes() == b.read_bytes()
 
 

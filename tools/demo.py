@@ -5,7 +5,7 @@
 The model is the project's own demo driving model (edgeml/demo_model.py: a mini_drive-shaped network with seeded
 weights), written to build/ once, or --model (an ONNX model with its inputs, e.g. ../shared/models/mini_drive.onnx).
 It is compiled with --tune by `edgeml-compile` into build/, once: later runs reuse the artifact while the model, the
-compiler's sources and the target are unchanged (build/NAME.key holds their digest). Starts a consumer, the model
+compiler's sources and the device are unchanged (build/NAME.key holds their digest). Starts a consumer, the model
 daemon and a 20 Hz synthetic camera as processes on a bus of their own (EDGEML_PREFIX, printed), publishes a
 calibration that maps the road ahead into the model's view, prints a line a second, then the summary: frames in and
 out, drops, latency from the camera's end of exposure to the consumer, model time and the slowest kernels. Leaves
@@ -102,8 +102,10 @@ def model_source(path: str | None) -> Path:
 
 
 def build_key(onnx_path: Path) -> str:
-  """The digest of what the artifact depends on: the model's bytes, the compiler's sources, the compile flags."""
-  digest = hashlib.sha256(b"--tune")
+  """The digest of what the artifact depends on: the model's bytes, the compiler's sources, the compile flags and the
+  device it is tuned for."""
+  from compiled.device import default_device
+  digest = hashlib.sha256(f"--tune {default_device().name}".encode())
   for path in [onnx_path, *sorted((ROOT / "edgeml").glob("*.py")), *sorted((ROOT / "compiled").glob("*.py")),
                ROOT / "compiled" / "artifact.capnp", ROOT / "tools" / "compile.py"]:
     digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -111,18 +113,19 @@ def build_key(onnx_path: Path) -> str:
 
 
 def compiled_artifact(onnx_path: Path) -> Path:
-  """build/NAME.edgeml with its modeld config (NAME.json), compiled unless build/NAME.key matches build_key."""
+  """build/NAME.edgeml with its modeld config (NAME.json), compiled unless build/NAME.key holds its build_key."""
   from edgeml.demo_model import CONFIG
   artifact, key_file = BUILD / f"{onnx_path.stem}.edgeml", BUILD / f"{onnx_path.stem}.key"
   key = build_key(onnx_path)
   if artifact.exists() and key_file.exists() and key_file.read_text() == key:
-    print(f"demo: reusing {artifact.relative_to(ROOT)} (the model, the compiler and the flags are unchanged)")
+    print(f"demo: reusing {artifact} (the model, the compiler, the flags and the device are unchanged)")
   else:
     BUILD.mkdir(exist_ok=True)
     print(f"demo: compiling {onnx_path} with --tune (once; later runs reuse it)", flush=True)
-    done = subprocess.run([sys.executable, "-m", "tools.compile", str(onnx_path), "-o", str(artifact), "--tune"],
-                          cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    for line in done.stdout.splitlines(): print(f"  {line}")
+    command = [sys.executable, "-m", "tools.compile", str(onnx_path), "-o", str(artifact), "--tune"]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1")) as done:
+      for line in done.stdout: print(f"  {line.rstrip()}", flush=True)
     if done.returncode == 130: raise KeyboardInterrupt
     if done.returncode: raise SystemExit(f"demo: edgeml-compile failed (exit {done.returncode})")
     key_file.write_text(key)
