@@ -67,6 +67,32 @@ def compile_model(model_path: str, out_path: str, shapes: dict | None = None, ta
   return result
 
 
+def check_onnx(path: str) -> None:
+  """SystemExit naming `path` unless it holds an ONNX model with a graph."""
+  import onnx
+  from google.protobuf.message import DecodeError
+  try: model = onnx.load(path, load_external_data=False)
+  except DecodeError: raise SystemExit(f"edgeml-compile: {path} is not an ONNX model (protobuf parsing failed)")
+  if not model.graph.output: raise SystemExit(f"edgeml-compile: {path} is not an ONNX model (it has no graph outputs)")
+
+
+def check_output(path: str) -> None:
+  """Before any compile work: create the artifact's folder when it is missing (and say so), and refuse one that cannot
+  be written (a file is created and removed there: permission bits alone do not stop root, a read-only mount does)."""
+  import tempfile
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path): raise SystemExit(f"edgeml-compile: the output {path} is a folder; give a file name")
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise SystemExit(f"edgeml-compile: cannot write {path}: {folder} is a file, not a folder")
+  if not os.path.isdir(folder):
+    try: os.makedirs(folder)
+    except OSError as e: raise SystemExit(f"edgeml-compile: cannot create the output folder {folder}: {e.strerror}")
+    print(f"edgeml-compile: created the output folder {folder}")
+  try:
+    with tempfile.TemporaryFile(dir=folder): pass
+  except OSError as e: raise SystemExit(f"edgeml-compile: cannot write to the output folder {folder}: {e.strerror}")
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(prog="edgeml-compile", description="Compile an ONNX model into an edgeml artifact.")
   ap.add_argument("model", help="the .onnx file")
@@ -90,11 +116,16 @@ def main(argv=None):
   if not os.path.isfile(args.model): raise SystemExit(f"edgeml-compile: no such model file: {args.model}")
   out = args.output or os.path.splitext(args.model)[0] + ".edgeml"
   try:
+    check_onnx(args.model)
+    check_output(out)
     compile_model(args.model, out, parse_shapes(args.shape), args.target, args.tune, args.fp16,
                   consts=parse_consts(args.const, args.const_file), sign_key=args.sign)
   except (ValueError, NotImplementedError) as e:
     print(f"edgeml-compile: {args.model}: {e}", file=sys.stderr)
     raise SystemExit(1)
+  except KeyboardInterrupt:
+    print("edgeml-compile: interrupted", file=sys.stderr)
+    raise SystemExit(130)
 
 
 if __name__ == "__main__":
