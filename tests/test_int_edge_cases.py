@@ -33,7 +33,7 @@ def extremes(dtype) -> np.ndarray:
   return np.array([[3, i.min, 7, i.max], [i.max, 1, i.min, 0]], dtype)
 
 
-@pytest.mark.parametrize("dtype", INTS)
+@pytest.mark.parametrize("dtype", INTS + [np.int16, np.uint32])
 def test_min_max_argmin_argmax_with_the_extremes(dtype):
   a = extremes(dtype)
   for name in ("min", "max", "argmin", "argmax"):
@@ -41,6 +41,14 @@ def test_min_max_argmin_argmax_with_the_extremes(dtype):
     same(getattr(Tensor(a), name)(), np.asarray(want(), np.int32 if name.startswith("arg") else dtype))
     for axis in (0, 1):
       same(getattr(Tensor(a), name)(axis), want(axis).astype(np.int32 if name.startswith("arg") else dtype))
+
+
+def test_bool_min_max_argmin_argmax():
+  b = np.array([[True, False, True], [True, True, True]])
+  for name in ("min", "max", "argmin", "argmax"):
+    dtype = np.int32 if name.startswith("arg") else np.bool_
+    same(getattr(Tensor(b), name)(), np.asarray(getattr(b, name)(), dtype))
+    same(getattr(Tensor(b), name)(1), getattr(b, name)(1).astype(dtype))
 
 
 def test_min_of_small_positive_ints():
@@ -62,8 +70,11 @@ def test_neg_abs_add_mul_sub_wrap_like_numpy(dtype):
   same(Tensor(a).sum(), a.sum(dtype=dtype))
 
 
-def test_uint8_neg_sub_mul_wrap_like_numpy():
-  a, b = np.array([0, 1, 255, 200], np.uint8), np.array([1, 2, 255, 3], np.uint8)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+def test_unsigned_neg_sub_mul_wrap_like_numpy(dtype):
+  """uint16 * uint16 is computed in int after C's promotion, where 65535 * 65535 overflows: it must not be."""
+  m = np.iinfo(dtype).max
+  a, b = np.array([0, 1, m, 200, m], dtype), np.array([1, 2, m, 3, m - 1], dtype)
   same(-Tensor(a), -a)
   same(Tensor(a) - Tensor(b), a - b)
   same(Tensor(a) * Tensor(b), a * b)
