@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares this checkout on a fresh Debian machine: a .venv with the project and its dependencies, and an OpenCL
-# platform (PoCL from Debian's packages when none is found). Safe to run again: it only does what is missing.
+# Prepares this checkout on a fresh Debian machine: a .venv with the project and its dependencies, an OpenCL
+# platform (PoCL from Debian's packages when none is found), and Oclgrind (the simulated device of the Oclgrind tests,
+# scripts/oclgrind.sh). Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -28,4 +29,8 @@ if ! python -c "import sys; from compiled.device import list_devices; sys.exit(0
   echo "setup: no OpenCL platform found, installing PoCL (pocl-opencl-icd)" >&2
   apt_install pocl-opencl-icd ocl-icd-libopencl1 binutils
   python -c "from compiled.device import select_device, describe; print('setup: OpenCL device:', describe(select_device()))" >&2
+fi
+if ! bash scripts/oclgrind.sh --where >/dev/null 2>&1; then
+  echo "setup: installing Oclgrind (oclgrind), the simulated OpenCL device of tests/test_oclgrind.py" >&2
+  apt_install oclgrind || echo "setup: could not install oclgrind; tests/test_oclgrind.py will be skipped" >&2
 fi

@@ -1,0 +1,123 @@
+"""The Oclgrind job: code run on Oclgrind, a simulated OpenCL device that checks every memory access and work-group race.
+
+Each test runs a command through scripts/oclgrind.sh (Oclgrind as the only OpenCL platform, EDGEML_DEVICE=oclgrind),
+which fails when the command fails or Oclgrind reports anything:
+- a deliberately out-of-bounds kernel is reported (the check can fail), its in-bounds twin is not;
+- the tests marked `portable` pass under Oclgrind with nothing reported;
+- a small CNN and the shared models (../shared/models, when present) compile for Oclgrind's target and their artifacts
+  match onnxruntime on the reference inputs, with nothing reported.
+Skipped when Oclgrind is not installed (`apt-get install oclgrind`; scripts/setup.sh installs it).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "oclgrind.sh")
+MODELS = os.path.join(ROOT, "..", "shared", "models")
+
+if os.environ.get("EDGEML_OCLGRIND_JOB"):   # the portable run below collects this file under Oclgrind: no recursion
+  pytest.skip("already running under scripts/oclgrind.sh", allow_module_level=True)
+if subprocess.run(["bash", SCRIPT, "--where"], capture_output=True).returncode != 0:
+  pytest.skip("Oclgrind is not installed (apt-get install oclgrind; scripts/setup.sh installs it)", allow_module_level=True)
+
+
+def under_oclgrind(*argv: str) -> subprocess.CompletedProcess:
+  """`python argv...` through scripts/oclgrind.sh, in the repository root, output captured."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "EDGEML_DEVICE"))}
+  return subprocess.run(["bash", SCRIPT, sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def report(r: subprocess.CompletedProcess) -> str:
+  return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-6000:]}\n--- stderr ---\n{r.stderr[-6000:]}"
+
+
+# Copies x[i + SHIFT] to y[i] for i < N, both buffers N floats: SHIFT 1 reads one element past the end of x.
+SHIFTED_COPY = """
+import sys
+import numpy as np
+from compiled.device import default_device
+shift, n = int(sys.argv[1]), 64
+dev = default_device()
+print("device:", dev.name)
+x = np.arange(n, dtype=np.float32)
+xb, yb = dev.upload(x), dev.alloc(x.nbytes)
+k = dev.kernel("__kernel void shifted_copy(__global float *y, __global const float *x, int shift) {"
+               "  int i = get_global_id(0); y[i] = x[i + shift]; }", "shifted_copy")
+k(dev.queue, (n,), None, yb, xb, np.int32(shift))
+y = dev.download(yb, (n,), np.float32)
+print("in-range outputs match:", bool(np.array_equal(y[:n - shift], x[shift:])))
+"""
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_out_of_bounds_read_is_reported(shift):
+  r = under_oclgrind("-c", SHIFTED_COPY, str(shift))
+  assert "device: Oclgrind" in r.stdout, report(r)
+  assert "in-range outputs match: True" in r.stdout, report(r)
+  if shift == 0:
+    assert r.returncode == 0 and "Invalid read" not in r.stderr, report(r)
+  else:
+    assert r.returncode == 1, report(r)
+    assert "Invalid read of size 4" in r.stderr and "Kernel: shifted_copy" in r.stderr, report(r)
+    assert "oclgrind.sh: Oclgrind reported" in r.stderr, report(r)
+
+
+def test_portable_tests_pass_under_oclgrind():
+  # --capture=sys: Oclgrind writes to file descriptor 2 directly, which then reaches the scan in scripts/oclgrind.sh
+  r = under_oclgrind("-m", "pytest", "-q", "-p", "no:cacheprovider", "--capture=sys", "-m", "portable", "tests")
+  if r.returncode == 5: pytest.skip("no test is marked portable")
+  assert r.returncode == 0, report(r)
+  assert " passed" in r.stdout, report(r)
+
+
+def small_cnn(path: str) -> None:
+  """conv 3x3 pad 1 -> relu -> maxpool 2 -> conv 3x3 stride 2 pad 1 -> relu -> flatten -> gemm, on a 30x44 image (rows
+  that end mid-vector), as ONNX (IR 8, opset 17: onnxruntime 1.17 and newer load it)."""
+  from onnx import TensorProto, helper, numpy_helper, save
+  rng = np.random.default_rng(8)
+  def init(name, *shape): return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+  nodes = [
+    helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    helper.make_node("Relu", ["c1"], ["r1"]),
+    helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+    helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+    helper.make_node("Relu", ["c2"], ["r2"]),
+    helper.make_node("Flatten", ["r2"], ["f"]),
+    helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1),
+  ]
+  graph = helper.make_graph(
+    nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 30, 44])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+    [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 16, 8, 3, 3), init("b2", 16), init("wf", 10, 16 * 8 * 11),
+     init("bf", 10)])
+  save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def models():
+  cases = [pytest.param("small_cnn", id="small_cnn")]
+  for name in ("tiny_detector",):   # mini_drive: left out, see README (Oclgrind job)
+    onnx_path = os.path.join(MODELS, f"{name}.onnx")
+    missing = not (os.path.isfile(onnx_path) and os.path.isfile(onnx_path[:-5] + ".npz"))
+    cases.append(pytest.param(name, id=name, marks=pytest.mark.skipif(missing, reason=f"no {onnx_path} with its .npz")))
+  return cases
+
+
+@pytest.mark.parametrize("name", models())
+def test_model_artifact_matches_onnxruntime_under_oclgrind(name, tmp_path):
+  if name == "small_cnn":
+    onnx_path, inputs = str(tmp_path / "small_cnn.onnx"), str(tmp_path / "small_cnn_inputs.npz")
+    small_cnn(onnx_path)
+    np.savez(inputs, x=np.random.default_rng(1).standard_normal((1, 3, 30, 44)).astype(np.float32))
+  else:
+    onnx_path = os.path.join(MODELS, f"{name}.onnx")
+    inputs = onnx_path[:-5] + ".npz"
+  artifact = str(tmp_path / f"{name}.edgeml")
+  r = under_oclgrind("-m", "tools.compile", onnx_path, "-o", artifact)   # target auto: Oclgrind's (generic)
+  assert r.returncode == 0, report(r)
+  r = under_oclgrind("-m", "tools.validate", onnx_path, artifact, "--inputs", inputs)   # onnxruntime: the reference
+  assert r.returncode == 0, report(r)
+  assert "0 failed" in r.stdout, report(r)
