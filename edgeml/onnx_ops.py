@@ -131,9 +131,10 @@ def select_sum(hot: Tensor, data: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- elementwise
 def _int_div(a, b):
+  """Integer division truncating toward zero, 0 for a zero divisor, INT_MIN / -1 wrapping (as Tensor.idiv)."""
   if is_tensor(a): return a.idiv(b)
-  q = np.abs(a) // np.where(b == 0, 1, np.abs(b))
-  return (np.sign(a) * np.sign(b) * q).astype(np.result_type(a, b))
+  with np.errstate(all="ignore"): q, r = np.floor_divide(a, b), np.remainder(a, b)   # np.abs(INT_MIN) would overflow
+  return (q + ((r != 0) & ((a < 0) != (b < 0)))).astype(np.result_type(a, b))
 
 
 BINARY = {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul,
@@ -152,8 +153,8 @@ def div(n):
 @op("Mod")
 def mod(n):
   a, b = n.arrays()
-  if n.get("fmod", 0): return a.fmod(b) if is_tensor(a) else np.fmod(a, b)
-  return a % b
+  if is_tensor(a): return a.fmod(b) if n.get("fmod", 0) else a % b
+  with np.errstate(all="ignore"): return np.fmod(a, b) if n.get("fmod", 0) else a % b   # a zero int divisor gives 0
 
 
 @op("Pow")
@@ -247,11 +248,18 @@ def isinf(n):
 
 
 @op("Cast")
-def cast_op(n): return cast(n.arrays()[0], onnx_dtype(n.get("to")))
+def cast_op(n, dtype=None):
+  """Float to int truncates; out of range saturates and NaN gives 0, on the device (Tensor.cast) and when folded
+  (numpy's own result there is platform-specific)."""
+  x, dtype = n.arrays()[0], np.dtype(dtype or onnx_dtype(n.get("to")))
+  if is_tensor(x) or x.dtype.kind != "f" or dtype.kind not in "iu": return cast(x, dtype)
+  info, x = np.iinfo(dtype), np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+  high, low = x >= float(info.max), x <= float(info.min)
+  return np.where(high, info.max, np.where(low, info.min, np.trunc(np.where(high | low, 0, x)).astype(dtype))).astype(dtype)
 
 
 @op("CastLike")
-def castlike(n): return cast(n.arrays()[0], n.inputs[1].dtype)
+def castlike(n): return cast_op(n, n.inputs[1].dtype)
 
 
 @op("Where")

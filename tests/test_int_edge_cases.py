@@ -192,6 +192,30 @@ def test_onnx_bitshift_against_onnxruntime(direction):
   same(OnnxModel(model)({"x": Tensor(x), "s": Tensor(s)})["z"], want)
 
 
+@pytest.mark.parametrize("folded", [False, True])
+def test_onnx_div_mod_cast_give_the_same_answers_folded_and_on_the_device(folded):
+  """Constant inputs are folded with numpy at import; both paths must agree on the cases onnxruntime leaves undefined
+  (INT_MIN / -1, a zero divisor, out-of-range and NaN float-to-int casts)."""
+  i = np.iinfo(np.int32)
+  feeds = {"x": np.array([i.min, i.min, -7, 7, 5, i.min, -7], np.int32), "y": np.array([-1, 2, 2, -2, 0, 3, 0], np.int32),
+           "f": np.array([1e10, -1e10, np.nan, -2.7, 2.7, np.inf, -0.5], np.float32)}
+  types = {"x": TensorProto.INT32, "y": TensorProto.INT32, "f": TensorProto.FLOAT}
+  nodes = [helper.make_node("Div", ["x", "y"], ["div"]), helper.make_node("Mod", ["x", "y"], ["mod"]),
+           helper.make_node("Mod", ["x", "y"], ["fmod"], fmod=1), helper.make_node("Cast", ["f"], ["cast"], to=TensorProto.INT32)]
+  inputs = [] if folded else [helper.make_tensor_value_info(k, types[k], [7]) for k in feeds]
+  inits = [helper.make_tensor(k, types[k], [7], v.tolist()) for k, v in feeds.items()] if folded else []
+  outputs = [helper.make_tensor_value_info(k, TensorProto.INT32, None) for k in ("div", "mod", "fmod", "cast")]
+  model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits), ir_version=8,
+                            opset_imports=[helper.make_opsetid("", 17)])
+  outs = OnnxModel(model)({} if folded else {k: Tensor(v) for k, v in feeds.items()})
+  got = {k: v.numpy() if isinstance(v, Tensor) else np.asarray(v) for k, v in outs.items()}
+  x, y = feeds["x"], feeds["y"]
+  with np.errstate(all="ignore"):
+    want = {"div": _trunc_div(x, y, np.int32), "mod": x % y, "fmod": np.fmod(x, y),
+            "cast": np.array([i.max, i.min, 0, -2, 2, i.max, 0], np.int32)}
+  for k in want: np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def _every_variant(out: Tensor, want: np.ndarray) -> int:
   """Runs every rendering of out's last kernel against want; the number of vector-lane variants run."""
   items = schedule([out.node])
