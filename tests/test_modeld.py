@@ -167,6 +167,48 @@ def test_outputs_invalid_until_calibration_when_required(spawn, model, tmp_path)
   assert not any(o["valid"] for o in got[:6]) and got[-1]["valid"]
 
 
+def test_hostile_calibrations_are_dropped_and_counted_while_frames_flow(spawn, model, tmp_path):
+  """Broken warpMatrix pointers, mutations, garbage and multipart messages on liveCalibration: modeld drops and
+  counts every one (its summary line), keeps publishing, takes none of them as a calibration (the outputs stay
+  invalid while the config requires one), and takes the valid calibration sent after them."""
+  import random
+  from ipc.fuzz import broken_pointers, hostile
+  from ipc.validate import MessageError, parse
+  config = dict(drive_model.CONFIG, requires_calibration=True)
+  (tmp_path / "calibrated.json").write_text(json.dumps(config))
+  matrix = [0.9, 0.0, 2.0, 0.0, 0.9, 1.0, 0.0, 0.0, 1.0]
+  good = new_message("liveCalibration", warpMatrix=matrix).to_bytes()
+  rng, sent = random.Random(7), []
+
+  def malformed(parts):
+    try: parse(parts[0], "calibration")
+    except MessageError: return True
+    return len(parts) > 1
+
+  def attack(sock, camerad):
+    with PubMaster(["liveCalibration"]) as pm:
+      assert pm.wait_for_subscribers("liveCalibration", 1, WAIT_S)
+      raw, got = pm.sockets["liveCalibration"], []
+      for _ in range(30):
+        cases = [[b] for b in broken_pointers(good)] + list(filter(malformed, hostile([good], rng, 25)))
+        for parts in cases:  # broken pointers are broken by construction (test_bus_fuzz checks they fail on read)
+          raw.send_multipart(parts)
+          sent.append(len(parts))
+        assert (out := receive(sock, WAIT_S)) is not None and camerad.poll() is None, "modeld stopped publishing"
+        got.append(out)
+      pm.send("liveCalibration", new_message("liveCalibration", warpMatrix=matrix))
+      while not got[-1]["valid"]:
+        assert (out := receive(sock, WAIT_S)) is not None and camerad.poll() is None, "no valid output came"
+        got.append(out)
+      return got
+  got, printed = run_stack(spawn, model, frames=400, modeld_args=("--config", str(tmp_path / "calibrated.json")),
+                           during=attack)
+  assert not any(o["valid"] for o in got[:30]) and got[-1]["valid"]
+  assert f"{len(sent)} malformed messages ignored" in printed, printed
+  print(f"\nmodeld: {len(sent)} hostile calibrations ({sum(n > 1 for n in sent)} multipart), all dropped; "
+        f"{len(got)} outputs meanwhile")
+
+
 def test_sigterm_while_waiting_for_a_camera_exits_cleanly(spawn, model):
   modeld = spawn("tools.modeld", str(model))
   assert select.select([modeld.stdout], [], [], WAIT_S)[0] and modeld.stdout.readline().startswith("modeld: ")
