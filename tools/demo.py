@@ -219,7 +219,7 @@ def demo(args) -> None:
   print(f"demo: OpenCL device {default_device().name}")
   artifact = compiled_artifact(model_source(args.model))
   print(f"demo: bus EDGEML_PREFIX={prefix}; to look at it from another shell while it runs: "
-        f"EDGEML_PREFIX={prefix} edgeml-bus list (or: echo modelOutput -n 1)", flush=True)
+        f"EDGEML_PREFIX={prefix} edgeml-bus list, or ... edgeml-bus echo modelOutput -n 1", flush=True)
   try:
     s = run(artifact, args.seconds)
   finally:
