@@ -196,6 +196,8 @@ def _validate_tensors(spec: ProgramSpec, fail, cap: int) -> None:
         fail(f"{role} {t.name!r} refers to missing buffer {t.buffer}")
       b = spec.buffers[t.buffer]
       if b.kind != role: fail(f"{role} {t.name!r} must live in an {role} buffer, not {b.kind}")
+      if t.buffer != len(owner): fail(f"{role} {t.name!r} is in buffer {t.buffer}; the buffers start with the inputs, "
+                                      f"then the outputs, in order (expected buffer {len(owner)})")
       if t.buffer in owner: fail(f"{role} {t.name!r} shares buffer {t.buffer} with {owner[t.buffer]!r}")
       owner[t.buffer] = t.name
       if need != b.nbytes:
@@ -212,6 +214,8 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
   ctype_of_buffer = {t.buffer: CTYPE_OF[t.dtype] for t in (*spec.inputs, *spec.outputs)}
   valid = {i for i, b in enumerate(spec.buffers) if b.kind in ("input", "weights", "image")}  # hold their data
   clobbered, written, read = {}, set(), set()
+  last_blob, last_arena = (-1, -1), -1  # the compiler numbers weights by first read (and places them in that order),
+  # arena buffers by first write
   for n, k in enumerate(spec.kernels):
     what = f"kernel {n} ({k.name!r})"
     decl = declared.get(k.name)
@@ -225,6 +229,7 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
       if kind == "buffer":
         if not (_is_int(value) and 0 <= value < len(spec.buffers)): fail(f"{what} argument {j} refers to missing buffer {value}")
         b = spec.buffers[value]
+        if b.nbytes == 0: fail(f"{what} argument {j} refers to buffer {value} ({b.kind}), which is empty")
         if p.kind not in ("buffer", "image") or (b.kind == "image") != (p.kind == "image"):
           fail(f"{what} argument {j} is buffer {value} ({b.kind}), but parameter {p.name!r} is "
                f"{'an image2d_t' if p.kind == 'image' else 'a buffer' if p.kind == 'buffer' else 'a ' + p.kind}")
@@ -247,11 +252,21 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
     for j, r in reads:
       if r == out or _overlap(spec.buffers[r], spec.buffers[out]):
         fail(f"{what} argument {j} reads buffer {r}, which overlaps buffer {out} it writes")
+      b = spec.buffers[r]
+      if b.kind in ("weights", "image") and r not in read:
+        if r <= last_blob[0] or b.offset <= last_blob[1]:
+          fail(f"{what} argument {j} reads buffer {r} ({b.kind} at {b.offset}) first, after buffer {last_blob[0]} "
+               f"(at {last_blob[1]}): weights are numbered and placed in the order kernels first read them")
+        last_blob = (r, b.offset)
       if r not in valid:
         fail(f"{what} argument {j} reads buffer {r} ({spec.buffers[r].kind}) "
              + (f"after kernel {clobbered[r]} overwrote its bytes" if r in clobbered else "before any kernel writes it"))
       read.add(r)
     if spec.buffers[out].kind == "output" and out in written: fail(f"{what} writes output buffer {out} a second time")
+    if spec.buffers[out].kind == "arena" and out not in written:
+      if out < last_arena: fail(f"{what} writes buffer {out} (arena) first, after buffer {last_arena}: arena buffers "
+                                f"are numbered in the order kernels first write them")
+      last_arena = out
     written.add(out)
     for i, b in enumerate(spec.buffers):
       if i != out and i in valid and _overlap(b, spec.buffers[out]): valid.discard(i); clobbered[i] = n
@@ -259,7 +274,7 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
   for i, b in enumerate(spec.buffers):
     if b.kind == "output" and i not in written: fail(f"buffer {i} (output) is written by no kernel")
     if b.kind in ("weights", "image") and i not in read: fail(f"buffer {i} ({b.kind}) is read by no kernel")
-    if b.kind == "arena" and i not in written: fail(f"buffer {i} (arena) is written by no kernel")
+    if b.kind == "arena" and not (i in written and i in read): fail(f"buffer {i} (arena) is not written and then read")
 
 
 def _overlap(a: BufferSpec, b: BufferSpec) -> bool:
