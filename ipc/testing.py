@@ -24,6 +24,8 @@ def isolated_bus():
   try:
     yield prefix
   finally:
+    if os.path.islink(runtime_dir()):
+      os.unlink(runtime_dir())
     shutil.rmtree(runtime_dir(), ignore_errors=True)
     for path in glob.glob(os.path.join(SHM_DIR, f"edgeml-{prefix}-*")):
       os.unlink(path)

@@ -22,13 +22,14 @@ import numpy as np
 import zmq
 
 from ipc.logfile import LogWriter, read_log
-from ipc.messaging import MessageError, PubMaster, decode, sub_socket
+from ipc.messaging import MULTIPART, MessageError, PubMaster, decode, recv_one, sub_socket
 from ipc.services import SERVICES, get_service, prefix, runtime_dir
 from ipc.tensors import get_outputs
 
 
 def receive(services, seconds=None):
-  """Yield (service, recv_mono_ns, bytes) for every message of `services`, for `seconds` or forever."""
+  """Yield (service, recv_mono_ns, bytes) for every message of `services`, for `seconds` or forever. A multipart
+  message (never sent on this bus) is skipped whole; other malformed ones are yielded as they came."""
   poller, names = zmq.Poller(), {}
   for name in services:
     sock = sub_socket(name, conflate=False)
@@ -38,7 +39,8 @@ def receive(services, seconds=None):
   while end is None or time.monotonic() < end:
     left_ms = 100 if end is None else max(0, min(100, int((end - time.monotonic()) * 1000)))
     for sock, _ in poller.poll(left_ms):
-      yield names[sock], time.monotonic_ns(), sock.recv()
+      if (data := recv_one(sock)) is not MULTIPART:
+        yield names[sock], time.monotonic_ns(), data
 
 
 def list_services(args):
