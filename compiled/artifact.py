@@ -284,7 +284,8 @@ def _overlap(a: BufferSpec, b: BufferSpec) -> bool:
 
 
 def _validate_launch(spec: ProgramSpec, k: KernelSpec, decl, out: int, what: str, fail) -> None:
-  """Sizes positive, local dividing global, the declared work-group size, and exactly the output's elements stored."""
+  """Sizes positive, local dividing global, the declared work-group size, and exactly the output's elements stored
+  (counted; and, where the store indices are plain arithmetic of the global ids, each element once)."""
   g, loc = tuple(k.global_size), k.local_size
   if not 1 <= len(g) <= 3 or not all(_is_int(v) and v >= 1 for v in g):
     fail(f"{what} global size {list(g)} is not 1 to 3 positive sizes")
@@ -303,6 +304,11 @@ def _validate_launch(spec: ProgramSpec, k: KernelSpec, decl, out: int, what: str
   if items * stores != elements:
     fail(f"{what} global size {list(g)} stores {items} x {stores} elements of {p.name!r}, but buffer {out} holds "
          f"{elements} {p.ctype}")
+  stored = decl.stored_elements(g)   # None where the store indices are not plain arithmetic of the global ids
+  if stored is not None and (stored.min() < 0 or stored.max() >= elements
+                             or np.bincount(stored, minlength=elements).max() != 1):
+    fail(f"{what} global size {list(g)} does not store each of the {elements} elements of {p.name!r} (buffer {out}) "
+         f"exactly once: its store indices run from {stored.min()} to {stored.max()}")
 
 
 # ---- write -------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """What each kernel of an OpenCL program source declares, read from its text: parameter kinds, its required work-group
-size, its guard on the first global id, and how many elements of its output one work item stores.
+size, its guard on the first global id, how many elements of its output one work item stores, and (where every store
+index is plain integer arithmetic of the global ids) which elements a launch stores.
 
 The loader checks an artifact's kernel arguments and launch sizes against these (compiled/artifact.py validate). It
 understands the fixed forms the compiler generates (edgeml/codegen.py) and plain hand-written kernels:
@@ -9,8 +10,11 @@ understands the fixed forms the compiler generates (edgeml/codegen.py) and plain
     stores: NAME[...] = v;   vstore_half(v, i, NAME);   vstoreN(v, 0, NAME + i);
     guard:  int gx = get_global_id(0) ... if (gx >= N) return;
 """
+import ast
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 ELEMENT_BYTES = {"float": 4, "half": 2, "double": 8, "char": 1, "uchar": 1, "short": 2, "ushort": 2, "int": 4,
                  "uint": 4, "long": 8, "ulong": 8}
@@ -19,6 +23,8 @@ _WORDS = re.compile(r"[A-Za-z_]\w*|\*")
 _KERNEL = re.compile(r"\b(?:__)?kernel\s+((?:__attribute__\s*\(\([^;{]*?\)\)\s*)*)void\s+([A-Za-z_]\w*)\s*\(([^)]*)\)\s*\{")
 _REQD = re.compile(r"reqd_work_group_size\s*\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_GLOBAL_ID = re.compile(r"\b([A-Za-z_]\w*)\s*=\s*get_global_id\s*\(\s*([012])\s*\)")
+MAX_EVALUATED = 1 << 22  # stored elements enumerated per kernel at most; larger launches are only counted
 
 
 class SourceError(ValueError):
@@ -52,13 +58,75 @@ class KernelDecl:
     m = re.search(r"\bif\s*\(\s*gx\s*>=\s*(\d+)\s*\)\s*return\s*;", self.body)
     return int(m.group(1)) if m else None
 
-  def stores_per_item(self) -> int:
-    """Elements of the output parameter one work item stores: every store statement, outside any loop."""
+  def _stores(self) -> list[tuple[int, str | None, int]]:
+    """(position, index expression or None, elements) of every store to the output parameter."""
     name = re.escape(self.params[self.output].name)
-    plain = len(re.findall(rf"(?<![\w.>]){name}\s*\[[^\]\[;]*\]\s*=(?!=)", self.body))
-    half = len(re.findall(rf"\bvstore_half\s*\([^;]*,\s*{name}\s*\)\s*;", self.body))
-    vector = sum(int(n) for n in re.findall(rf"\bvstore(\d+)\s*\([^;]*,\s*{name}\s*\+[^;]*\)\s*;", self.body))
-    return plain + half + vector
+    out = [(m.start(), m.group(1), 1) for m in re.finditer(rf"(?<![\w.>]){name}\s*\[([^\]\[;]*)\]\s*=(?!=)", self.body)]
+    for m in re.finditer(rf"\bvstore_half\s*\(([^;]*),\s*{name}\s*\)\s*;", self.body):
+      args = _split_args(m.group(1))
+      out.append((m.start(), args[1] if len(args) == 2 else None, 1))
+    for m in re.finditer(rf"\bvstore(\d+)\s*\(([^;]*),\s*{name}\s*\+([^;]*)\)\s*;", self.body):
+      args = _split_args(m.group(2))
+      out.append((m.start(), m.group(3) if len(args) == 2 and args[1].strip() == "0" else None, int(m.group(1))))
+    return sorted(out)
+
+  def stores_per_item(self) -> int:
+    """Elements of the output parameter one work item stores, counting each store statement once."""
+    return sum(n for _, _, n in self._stores())
+
+  def stored_elements(self, global_size: tuple[int, ...]) -> np.ndarray | None:
+    """Every element index of the output the launch stores (one entry per store), or None when the loader cannot tell:
+    a store index that is not integer arithmetic of the global ids, a store inside a loop or a condition, a return
+    other than the guard, or more than MAX_EVALUATED elements."""
+    ids = {m.group(1): int(m.group(2)) for m in _GLOBAL_ID.finditer(self.body)}
+    guard = self.guard_x()
+    if len(re.findall(r"\breturn\b", self.body)) != (guard is not None): return None
+    sizes = [min(g, guard) if d == 0 and guard is not None else g for d, g in enumerate(global_size)]
+    stores = self._stores()
+    if not stores or np.prod(sizes, dtype=np.float64) * sum(n for *_, n in stores) > MAX_EVALUATED: return None
+    grids = np.meshgrid(*(np.arange(n, dtype=np.int64) for n in sizes), indexing="ij")
+    env = {v: grids[d].ravel() if d < len(grids) else np.zeros(grids[0].size, np.int64) for v, d in ids.items()}
+    out = []
+    for at, expr, n in stores:
+      if expr is None or not _at_top_level(self.body, at): return None
+      try: index = np.broadcast_to(_evaluate(ast.parse(expr.strip(), mode="eval").body, env), grids[0].size)
+      except (SyntaxError, ValueError, ZeroDivisionError): return None
+      out += [index + k for k in range(n)]
+    return np.concatenate(out)
+
+
+def _split_args(text: str) -> list[str]:
+  """Top-level comma-separated arguments."""
+  args, depth, start = [], 0, 0
+  for i, c in enumerate(text):
+    if c in "([": depth += 1
+    elif c in ")]": depth -= 1
+    elif c == "," and depth == 0: args.append(text[start:i]); start = i + 1
+  return args + [text[start:]]
+
+
+def _at_top_level(body: str, at: int) -> bool:
+  """Whether the statement at `at` runs unconditionally: outside every brace and after a complete statement."""
+  before = body[:at]
+  return before.count("{") == before.count("}") and (before.rstrip()[-1:] in ("", ";", "{", "}"))
+
+
+def _evaluate(node, env: dict):
+  """An integer expression of +, -, *, / and % (C semantics: truncating), literals and the global ids, over arrays."""
+  if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool): return node.value
+  if isinstance(node, ast.Name) and node.id in env: return env[node.id]
+  if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+    v = _evaluate(node.operand, env)
+    return -v if isinstance(node.op, ast.USub) else v
+  if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Mod)):
+    a, b = _evaluate(node.left, env), _evaluate(node.right, env)
+    if isinstance(node.op, ast.Add): return a + b
+    if isinstance(node.op, ast.Sub): return a - b
+    if isinstance(node.op, ast.Mult): return a * b
+    if np.any(np.asarray(b) == 0): raise ZeroDivisionError
+    q = np.abs(a) // np.abs(b) * np.sign(a) * np.sign(b)
+    return q if isinstance(node.op, ast.Div) else a - q * b
+  raise ValueError("not integer arithmetic of the global ids")
 
 
 def _param(text: str) -> Param:
