@@ -4,10 +4,12 @@ Each test runs a command through scripts/oclgrind.sh (Oclgrind as the only OpenC
 which fails when the command fails or Oclgrind reports anything:
 - a deliberately out-of-bounds kernel is reported (the check can fail), its in-bounds twin is not;
 - the tests marked `portable` pass under Oclgrind with nothing reported;
-- a small CNN and the shared models (../shared/models, when present) compile for Oclgrind's target and their artifacts
-  match onnxruntime on the reference inputs, with nothing reported.
+- a small CNN and the shared models (../shared/models, when present) compile for Oclgrind's target and their kernels,
+  run with every buffer of the plan an allocation of its own (tests/oclgrind_run.py), match onnxruntime's outputs, with
+  nothing reported; a kernel reading one element past its plan buffer is reported.
 Skipped when Oclgrind is not installed (`apt-get install oclgrind`; scripts/setup.sh installs it).
 """
+import dataclasses
 import os
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "oclgrind.sh")
 MODELS = os.path.join(ROOT, "..", "shared", "models")
+RUNNER = os.path.join(ROOT, "tests", "oclgrind_run.py")
 
 if os.environ.get("EDGEML_OCLGRIND_JOB"):   # the portable run below collects this file under Oclgrind: no recursion
   pytest.skip("already running under scripts/oclgrind.sh", allow_module_level=True)
@@ -107,17 +110,44 @@ def models():
 
 
 @pytest.mark.parametrize("name", models())
-def test_model_artifact_matches_onnxruntime_under_oclgrind(name, tmp_path):
+def test_model_artifact_matches_reference_under_oclgrind(name, tmp_path):
+  """Compiled for Oclgrind's target, the kernels run with every plan buffer an allocation of its own (exact bounds,
+  tests/oclgrind_run.py) and match onnxruntime's outputs; the small CNN also runs through edgeml-validate."""
   if name == "small_cnn":
-    onnx_path, inputs = str(tmp_path / "small_cnn.onnx"), str(tmp_path / "small_cnn_inputs.npz")
+    import onnxruntime
+    onnx_path, reference = str(tmp_path / "small_cnn.onnx"), str(tmp_path / "small_cnn.npz")
     small_cnn(onnx_path)
-    np.savez(inputs, x=np.random.default_rng(1).standard_normal((1, 3, 30, 44)).astype(np.float32))
+    x = np.random.default_rng(1).standard_normal((1, 3, 30, 44)).astype(np.float32)
+    y, = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})
+    np.savez(reference, x=x, y=y)
   else:
     onnx_path = os.path.join(MODELS, f"{name}.onnx")
-    inputs = onnx_path[:-5] + ".npz"
+    reference = onnx_path[:-5] + ".npz"
   artifact = str(tmp_path / f"{name}.edgeml")
-  r = under_oclgrind("-m", "tools.compile", onnx_path, "-o", artifact)   # target auto: Oclgrind's (generic)
+  r = under_oclgrind("-m", "tools.compile", onnx_path, "-o", artifact)   # target auto: Oclgrind's
   assert r.returncode == 0, report(r)
-  r = under_oclgrind("-m", "tools.validate", onnx_path, artifact, "--inputs", inputs)   # onnxruntime: the reference
-  assert r.returncode == 0, report(r)
-  assert "0 failed" in r.stdout, report(r)
+  r = under_oclgrind(RUNNER, artifact, reference)
+  assert r.returncode == 0 and "0 mismatch" in r.stdout, report(r)
+  if name == "small_cnn":   # the runtime itself (its arena of sub-buffers), through the command-line tool
+    r = under_oclgrind("-m", "tools.validate", onnx_path, artifact, "--inputs", reference)
+    assert r.returncode == 0 and "0 failed" in r.stdout, report(r)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_read_past_a_plan_buffer_is_reported(shift, tmp_path):
+  """tests/tiny_program.py's artifact with its first kernel reading its weights `shift` elements on: one past the end
+  of its plan buffer lies inside the runtime's weights allocation, so only the separate allocations show it."""
+  from compiled.artifact import write_artifact
+  from tiny_program import N_IN, reference, tiny_spec
+  spec = tiny_spec(target="generic")
+  spec = dataclasses.replace(spec, source=spec.source.replace("w[i * n + k]", f"w[i * n + k + {shift}]"))
+  artifact, ref = str(tmp_path / "tiny.edgeml"), str(tmp_path / "tiny.npz")
+  write_artifact(spec, artifact)
+  x = np.random.default_rng(2).standard_normal((1, N_IN)).astype(np.float32)
+  np.savez(ref, x=x, **reference(x))
+  r = under_oclgrind(RUNNER, artifact, ref)
+  if shift == 0:
+    assert r.returncode == 0 and "0 mismatch" in r.stdout, report(r)
+  else:
+    assert r.returncode == 1, report(r)
+    assert "Invalid read of size 4" in r.stderr and "Kernel: dense_relu" in r.stderr, report(r)
