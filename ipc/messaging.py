@@ -12,7 +12,8 @@ Choices, each for a trap measured on this machine (see BUS_NOTES.md) or found by
     and reported at a bounded rate, never raised into a consumer.
   - Each subscriber socket refuses messages over the service's max_bytes (ZMQ_MAXMSGSIZE) and holds at most
     Service.hwm of them: its memory is bounded in bytes.
-  - ipc:// sockets live in a private runtime directory (ipc/rundir.py), checked by publishers and subscribers.
+  - ipc:// sockets live in a private runtime directory (ipc/rundir.py), checked by publishers and subscribers;
+    tcp:// ones use CURVE with EDGEML_BUS_KEYS, and refuse a non-loopback bind without it (ipc/transport.py).
   - Publishers are XPUB sockets: they see subscriptions arrive, so a caller can wait out the slow
     joiner (messages sent before a subscriber has connected are silently lost).
   - Messages are received as bytes (copied, 8-byte aligned) because capnp refuses unaligned data.
@@ -29,9 +30,11 @@ from ipc.health import ServiceHealth
 from ipc.rundir import private_dir
 from ipc.schema import Event
 from ipc.services import get_service, endpoint, runtime_dir
+from ipc.transport import secure_publisher, secure_subscriber
 from ipc.validate import DropLog, MessageError, parse
 
-PUB_MAX_SUBSCRIPTION_BYTES = 256  # what a publisher accepts from a subscriber (a subscription is 1 byte + a topic)
+PUB_MAX_SUBSCRIPTION_BYTES = 4096  # what a publisher takes from a subscriber: subscriptions, CURVE handshake commands
+FRAMING_SLACK = 256  # CURVE's per-message overhead, which ZMQ_MAXMSGSIZE counts too
 __all__ = ["MessageError", "new_message", "decode", "parse", "recv_one", "recv_within", "drain", "sub_socket",
            "PubMaster", "SubMaster"]
 
@@ -117,9 +120,12 @@ def sub_socket(service: str, conflate: bool = True) -> zmq.Socket:
   sock = zmq.Context.instance().socket(zmq.SUB)
   sock.setsockopt(zmq.LINGER, 0)
   sock.setsockopt(zmq.RCVHWM, info.hwm)
-  sock.setsockopt(zmq.MAXMSGSIZE, info.max_bytes)
+  sock.setsockopt(zmq.MAXMSGSIZE, info.max_bytes + FRAMING_SLACK)
   sock.setsockopt(zmq.SUBSCRIBE, b"")
-  sock.connect(_ipc_ready(service))
+  address = _ipc_ready(service)
+  if address.startswith("tcp://"):
+    secure_subscriber(sock)
+  sock.connect(address)
   return sock
 
 
@@ -131,23 +137,36 @@ class PubMaster:
   def __init__(self, services, lossless: bool = False):
     self.sockets, self.seq, self.subscriptions = {}, {}, {}
     self.send_flags = 0 if lossless else zmq.NOBLOCK
-    for name in services:
-      service = get_service(name)
-      address = _ipc_ready(name)
-      if address.startswith("ipc://"):
-        path = address.removeprefix("ipc://")
-        if _listening(path):  # binding would silently steal the path
-          raise RuntimeError(f"{name} is already published by another process ({address})")
-        if os.path.lexists(path):
-          os.unlink(path)  # a stale socket of ours: nobody listens on it
-      sock = zmq.Context.instance().socket(zmq.XPUB)
+    try:
+      for name in services:
+        self._bind(name)
+    except BaseException:
+      self.close()  # the sockets made so far
+      raise
+
+  def _bind(self, name):
+    service = get_service(name)
+    address = _ipc_ready(name)
+    if address.startswith("ipc://"):
+      path = address.removeprefix("ipc://")
+      if _listening(path):  # binding would silently steal the path
+        raise RuntimeError(f"{name} is already published by another process ({address})")
+      if os.path.lexists(path):
+        os.unlink(path)  # a stale socket of ours: nobody listens on it
+    sock = zmq.Context.instance().socket(zmq.XPUB)
+    try:
       sock.setsockopt(zmq.LINGER, 0)
       sock.setsockopt(zmq.SNDHWM, service.queue)
       sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscriber, not only the first
-      sock.setsockopt(zmq.XPUB_NODROP, lossless)
+      sock.setsockopt(zmq.XPUB_NODROP, self.send_flags == 0)
       sock.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_SUBSCRIPTION_BYTES)
+      if address.startswith("tcp://"):
+        secure_publisher(sock, address)
       sock.bind(address)
-      self.sockets[name], self.seq[name], self.subscriptions[name] = sock, 0, 0
+    except BaseException:
+      sock.close()
+      raise
+    self.sockets[name], self.seq[name], self.subscriptions[name] = sock, 0, 0
 
   def send(self, service: str, msg):
     """Send an Event builder from new_message (stamped with the next seq), or raw bytes as they are."""

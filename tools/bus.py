@@ -4,6 +4,7 @@
   edgeml-bus hz SERVICE           the measured rate of one service, once a second
   edgeml-bus echo SERVICE         its messages as text
   edgeml-bus record FILE          logged services (or --services) into a log file
+  edgeml-bus keys DIR             make a CURVE key directory for the TCP bus (then EDGEML_BUS_KEYS=DIR)
   edgeml-bus replay FILE          publish a log again, at its recorded timing or --fast
                                   (in place of the live publishers of its services: stop those first)
 
@@ -25,6 +26,7 @@ from ipc.logfile import LogWriter, read_log
 from ipc.messaging import MULTIPART, MessageError, PubMaster, decode, recv_one, sub_socket
 from ipc.services import SERVICES, get_service, prefix, runtime_dir
 from ipc.tensors import get_outputs
+from ipc.transport import create_keys
 
 
 def receive(services, seconds=None):
@@ -128,6 +130,11 @@ def replay(args):
   print(f"replayed {len(entries)} events", flush=True)
 
 
+def keys(args):
+  create_keys(args.folder)
+  print(f"keys in {args.folder}: give it (mode 0700) to every process of the bus as EDGEML_BUS_KEYS={args.folder}")
+
+
 def service_name(name: str) -> str:
   try:
     return get_service(name).name
@@ -158,6 +165,9 @@ def main(argv=None) -> int:
   p.add_argument("-n", "--count", type=int, help="stop after this many events")
   p.add_argument("--time", type=float, help="stop after this many seconds")
   p.set_defaults(run=record)
+  p = sub.add_parser("keys", help="make a CURVE key directory for the TCP bus")
+  p.add_argument("folder")
+  p.set_defaults(run=keys)
   p = sub.add_parser("replay", help="publish a log file again")
   p.add_argument("file")
   p.add_argument("--fast", action="store_true", help="as fast as possible, not at the recorded timing")

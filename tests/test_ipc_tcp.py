@@ -1,0 +1,135 @@
+"""The TCP bus (EDGEML_BUS_HOST): no open bind on a non-loopback address without being told, CURVE with a key
+directory (only holders of its keys read or subscribe), idle connections closed after the handshake time so that a
+flood of them cannot lock out subscribers. Subscribers are this file run as a script (a process of its own, with
+its own EDGEML_BUS_KEYS)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+from ipc import services, transport
+from ipc.messaging import PubMaster, new_message
+from ipc.rundir import UnsafePath
+from ipc.testing import Children, isolated_bus, read_command
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVICE = "heartbeat"
+
+
+@pytest.fixture(autouse=True)
+def children(monkeypatch):
+  for key in ("EDGEML_BUS_KEYS", "EDGEML_BUS_INSECURE"):
+    monkeypatch.delenv(key, raising=False)
+  with isolated_bus(), Children() as start:
+    yield start
+
+
+def publisher(host, monkeypatch):
+  monkeypatch.setenv("EDGEML_BUS_HOST", host)
+  try:
+    return PubMaster([SERVICE])
+  except zmq.ZMQError as e:
+    pytest.skip(f"port {services.tcp_port(SERVICE)} is taken: {e}")
+
+
+def keys(path, monkeypatch=None):
+  done = subprocess.run([sys.executable, "-m", "tools.bus", "keys", str(path)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+  assert done.returncode == 0, done.stderr
+  if monkeypatch is not None:
+    monkeypatch.setenv("EDGEML_BUS_KEYS", str(path))
+  return path
+
+
+def test_non_loopback_bind_needs_keys_or_insecure(monkeypatch):
+  for host in ("0.0.0.0", "10.1.2.3", "example.com"):
+    monkeypatch.setenv("EDGEML_BUS_HOST", host)
+    with pytest.raises(UnsafePath, match="refusing to publish on tcp://.*EDGEML_BUS_KEYS.*EDGEML_BUS_INSECURE=1"):
+      PubMaster([SERVICE])
+  assert transport.is_loopback("127.0.0.1") and transport.is_loopback("::1") and transport.is_loopback("localhost")
+  monkeypatch.setenv("EDGEML_BUS_INSECURE", "1")
+  publisher("0.0.0.0", monkeypatch).close()
+
+
+def test_key_directory_open_to_others_is_refused(monkeypatch, tmp_path):
+  keys(tmp_path / "keys", monkeypatch)
+  os.chmod(tmp_path / "keys", 0o755)
+  monkeypatch.setenv("EDGEML_BUS_HOST", "0.0.0.0")
+  with pytest.raises(UnsafePath, match="mode 0755"):
+    PubMaster([SERVICE])
+
+
+def test_curve_bus_serves_key_holders_only(children, monkeypatch, tmp_path):
+  keys(tmp_path / "keys", monkeypatch)
+  other = keys(tmp_path / "other")  # a whole other key set: its client key is not among ours
+  with publisher("0.0.0.0", monkeypatch) as pm:
+    holder = children(__file__, "subscribe", str(tmp_path / "keys"))
+    plain = children(__file__, "subscribe", "")
+    stranger = children(__file__, "subscribe", str(other))
+    assert pm.wait_for_subscribers(SERVICE, 1, 10)
+    for child in (holder, plain, stranger):
+      child.expect("ready")
+    for i in range(1, 31):  # 1.5 s of messages
+      pm.send(SERVICE, new_message(SERVICE, process="camerad", pid=i))
+      time.sleep(0.05)
+    counts = {}
+    for name, child in (("holder", holder), ("plain", plain), ("stranger", stranger)):
+      child.tell("count")
+      counts[name] = int(child.expect("count").split()[1])
+  assert counts["holder"] > 0 and counts["plain"] == 0 and counts["stranger"] == 0, counts
+  assert pm.subscriptions[SERVICE] == 1
+
+
+def test_idle_connections_are_closed_and_do_not_lock_out_subscribers(children, monkeypatch, tmp_path):
+  keys(tmp_path / "keys", monkeypatch)
+  with publisher("0.0.0.0", monkeypatch) as pm:
+    idle = []
+    for _ in range(200):
+      s = socket.create_connection(("127.0.0.1", services.tcp_port(SERVICE)), timeout=10)
+      idle.append(s)
+    sub = children(__file__, "subscribe", str(tmp_path / "keys"))
+    assert pm.wait_for_subscribers(SERVICE, 1, 10)
+    sub.expect("ready")
+    pm.send(SERVICE, new_message(SERVICE, process="camerad", pid=1))
+    sub.tell("count")
+    assert int(sub.expect("count").split()[1]) == 1
+    closed = 0
+    for s in idle:  # the publisher closes each once its handshake time has passed
+      s.settimeout(transport.HANDSHAKE_MS / 1000 + 10)
+      try:
+        closed += s.recv(4096, socket.MSG_WAITALL) == b"" or s.recv(4096) == b""
+      except (ConnectionResetError, TimeoutError):
+        closed += 1
+      s.close()
+  assert closed == len(idle)
+
+
+# --- children ---
+
+def subscribe(folder):
+  """Subscribe to SERVICE over TCP with EDGEML_BUS_KEYS=folder (none if empty); on 'count', print how many valid
+  messages arrived so far."""
+  if folder:
+    os.environ["EDGEML_BUS_KEYS"] = folder
+  else:
+    os.environ.pop("EDGEML_BUS_KEYS", None)
+  from ipc.messaging import SubMaster
+  sm = SubMaster([SERVICE], conflate=False)
+  print("ready", flush=True)
+  count = 0
+  while True:
+    sm.update(20)
+    count += sm.updated[SERVICE]
+    if read_command(0.01) == "count":
+      for _ in range(10):
+        sm.update(20)
+        count += sm.updated[SERVICE]
+      print(f"count {count}", flush=True)
+
+
+if __name__ == "__main__":
+  {"subscribe": subscribe}[sys.argv[1]](*sys.argv[2:])
