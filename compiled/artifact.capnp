@@ -53,8 +53,9 @@ struct Kernel {
   globalSize @1 :List(UInt64);
   localSize @2 :List(UInt64); # empty: the driver chooses
   args @3 :List(Arg);
-  flops @4 :UInt64;           # estimates, for inspect and profile
-  bytes @5 :UInt64;
+  flops @4 :UInt64;           # an estimate, for inspect and profile
+  bytes @5 :UInt64;           # the bytes of its buffer arguments (an image: its data without row padding); the loader
+                              # checks it, so an argument pointed at another buffer does not add up
 }
 
 struct Arg {

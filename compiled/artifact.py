@@ -82,7 +82,7 @@ class KernelSpec:
   local_size: tuple[int, ...] | None
   args: list[tuple[str, int | float]]  # ('buffer', buffer id) | ('int32', v) | ('float32', v)
   flops: int
-  bytes: int
+  bytes: int  # the bytes of its buffer arguments (an image: its data without row padding), checked by validate
 
 
 @dataclass
@@ -275,6 +275,24 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
     if b.kind == "output" and i not in written: fail(f"buffer {i} (output) is written by no kernel")
     if b.kind in ("weights", "image") and i not in read: fail(f"buffer {i} ({b.kind}) is read by no kernel")
     if b.kind == "arena" and not (i in written and i in read): fail(f"buffer {i} (arena) is not written and then read")
+  for n, k in enumerate(spec.kernels): _validate_bytes(spec, k, f"kernel {n} ({k.name!r})", fail)
+
+
+def _validate_bytes(spec: ProgramSpec, k: KernelSpec, what: str, fail) -> None:
+  """A kernel's `bytes` is the bytes of its buffer arguments (an image: its data without the row padding), as the
+  compiler counts them: an argument pointed at a buffer of another size no longer adds up."""
+  if not _is_int(k.bytes): fail(f"{what} bytes {k.bytes!r} is not a byte count")
+  low = high = 0
+  for kind, value in k.args:
+    if kind != "buffer": continue
+    b = spec.buffers[value]
+    if b.kind == "image":   # the data fill more than all rows but the last, and at most every row
+      row = b.image_width * IMAGE_FORMATS[b.image_format]
+      low, high = low + (b.image_height - 1) * row + 1, high + b.image_height * row
+    else: low, high = low + b.nbytes, high + b.nbytes
+  if not low <= k.bytes <= high:
+    fail(f"{what} bytes {k.bytes} is not the bytes of its buffer arguments ({low if low == high else f'{low}..{high}'}); "
+         f"an argument refers to another buffer than the compiler's")
 
 
 def _overlap(a: BufferSpec, b: BufferSpec) -> bool:
