@@ -209,6 +209,46 @@ def test_hostile_calibrations_are_dropped_and_counted_while_frames_flow(spawn, m
         f"{len(got)} outputs meanwhile")
 
 
+def test_junk_camera_notices_do_not_starve_modeld(spawn, model):
+  """In lockstep (each frame waits for its output): every frame is followed by junk notices (mutations, broken,
+  multipart) and forged ones (another pool, a buffer past the pool); modeld must still answer every frame. A
+  keep-latest socket whose newest message wins regardless of validity would lose frames here and stall the test."""
+  import random
+  from ipc import FrameServer
+  from ipc.fuzz import hostile
+  from ipc.validate import MessageError, parse
+  from tools.camerad import write_synthetic
+  rng, junk, frames = random.Random(11), 0, 30
+
+  def malformed(parts):
+    try: parse(parts[0], "cameraFrame")
+    except MessageError: return True
+    return len(parts) > 1
+  sock = sub_socket("modelOutput", conflate=False)
+  try:
+    with FrameServer("road", *CAMERA) as server:
+      modeld = spawn("tools.modeld", str(model), "--wait-subscriber", str(WAIT_S))
+      assert server.wait_for_client(WAIT_S)
+      raw, good = server.pm.sockets[server.service], server.notice.to_bytes()
+      server.notice.clear_write_flag()
+      for k in range(frames):
+        write_synthetic(server.next_buffer(), k, *CAMERA, "road")
+        server.publish(k)
+        for parts in filter(malformed, hostile([good], rng, 20)):
+          raw.send_multipart(parts)
+          junk += 1
+        for forged in ({"poolId": server.pool.pool_id ^ 1}, {"poolId": server.pool.pool_id, "bufferIndex": 9}):
+          server.pm.send(server.service, new_message(server.service, camera="road", frameId=10 ** 6,
+                                                     bufferSeq=server.seq, **forged))
+        assert (out := receive(sock, WAIT_S)) is not None and out["frame_id"] == k, f"frame {k} got no output"
+      rc, printed = stop(modeld)
+  finally:
+    sock.close()
+  assert rc == 0, printed
+  assert f"{frames} frames in, {frames} outputs, 0 dropped" in printed, printed
+  print(f"\nmodeld: {frames} frames among {junk} junk and {2 * frames} forged notices, every frame answered")
+
+
 def test_sigterm_while_waiting_for_a_camera_exits_cleanly(spawn, model):
   modeld = spawn("tools.modeld", str(model))
   assert select.select([modeld.stdout], [], [], WAIT_S)[0] and modeld.stdout.readline().startswith("modeld: ")
