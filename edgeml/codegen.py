@@ -77,7 +77,10 @@ def cast_expr(value: str, src: np.dtype, dst: np.dtype) -> str:
 # positive constant there. No intermediate can overflow: the remainder is corrected only when its sign is wrong.
 PRELUDE = """int floormod_i(int a, int b) { int r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
 int floordiv_i(int a, int b) { int r = a % b; return a / b - ((r != 0 && ((r < 0) != (b < 0))) ? 1 : 0); }
-long floormod_l(long a, long b) { long r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
+"""
+# the same in long, for index math beyond int32; only in programs that use it (64-bit integers are optional on
+# embedded-profile devices)
+LONG_PRELUDE = """long floormod_l(long a, long b) { long r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
 long floordiv_l(long a, long b) { long r = a % b; return a / b - ((r != 0 && ((r < 0) != (b < 0))) ? 1 : 0); }
 """
 
@@ -346,7 +349,9 @@ class _Renderer:
 
 def program_source(kernels: list[Kernel]) -> str:
   """One OpenCL program holding `kernels` (their names must be unique)."""
-  return PRELUDE + (IMAGE_PRELUDE if any(k.uses_images for k in kernels) else "") + "\n".join(k.source for k in kernels)
+  source = "\n".join(k.source for k in kernels)
+  longs = LONG_PRELUDE if "floordiv_l(" in source or "floormod_l(" in source else ""
+  return PRELUDE + longs + (IMAGE_PRELUDE if any(k.uses_images for k in kernels) else "") + source
 
 
 def min_literal(dtype: np.dtype) -> str:

@@ -122,6 +122,8 @@ class Tensor:
 
   # ---- elementwise
   def cast(self, dtype) -> Tensor:
+    """numpy's astype, with one rule where numpy is platform-specific: float to int truncates toward zero, and values
+    out of the int type's range saturate to its min/max, NaN to 0. Int to int keeps the low bits (wraps)."""
     dtype = np.dtype(dtype)
     if dtype.kind not in "fiub": raise TypeError(f"cannot cast a Tensor to dtype {dtype}")
     return self if dtype == self.dtype else self._op(Op.CAST, dtype=dtype)

@@ -10,7 +10,7 @@ import numpy as np
 import pyopencl as cl
 import pytest
 from hypothesis import given, settings, strategies as st
-from edgeml.codegen import PRELUDE
+from edgeml.codegen import LONG_PRELUDE, PRELUDE
 from edgeml.symbolic import Lin, Var, INT_MIN, INT_MAX
 
 LONG_MIN, LONG_MAX = -2 ** 63, 2 ** 63 - 1
@@ -138,7 +138,7 @@ def test_prelude_floor_helpers_on_the_device():
   a = np.array([v for v in range(-40, 41)] + [INT_MIN, INT_MIN + 1, INT_MAX, INT_MAX - 1], np.int32)
   b = np.array([1, 2, 3, 5, 7, 64, INT_MAX], np.int32)
   aa, bb = (x.reshape(-1) for x in np.meshgrid(a, b, indexing="ij"))
-  src = PRELUDE + """__kernel void floors(__global int* out, __global long* wide, const __global int* a, const __global int* b) {
+  src = PRELUDE + LONG_PRELUDE + """__kernel void floors(__global int* out, __global long* wide, const __global int* a, const __global int* b) {
     int i = get_global_id(0);
     out[2*i] = floordiv_i(a[i], b[i]); out[2*i+1] = floormod_i(a[i], b[i]);
     long x = (long)a[i] * 3000000000L;
