@@ -249,6 +249,28 @@ def test_junk_camera_notices_do_not_starve_modeld(spawn, model):
   print(f"\nmodeld: {frames} frames among {junk} junk and {2 * frames} forged notices, every frame answered")
 
 
+def test_a_stall_of_modeld_shows_in_frame_drop_perc(spawn, model):
+  """SIGSTOP modeld for 2 s at 20 Hz: about 40 frame ids go by unprocessed, and the first output after it says
+  that most recent frames were lost (a per-output filter read 4.6%)."""
+  sock = sub_socket("modelOutput", conflate=False)
+  try:
+    modeld = spawn("tools.modeld", str(model), "--wait-subscriber", str(WAIT_S))
+    camerad = spawn("tools.camerad", "--size", "x".join(map(str, CAMERA)), "--wait-client", str(WAIT_S))
+    before = [receive(sock, WAIT_S) for _ in range(10)]
+    assert all(before)
+    modeld.send_signal(signal.SIGSTOP)
+    time.sleep(2.0)
+    modeld.send_signal(signal.SIGCONT)
+    while (out := receive(sock, WAIT_S)) is not None and out["frame_id"] <= before[-1]["frame_id"] + 1:
+      pass  # outputs of frames read before the stop
+    assert out is not None
+    lost = out["frame_id"] - before[-1]["frame_id"] - 1
+    assert lost >= 20 and out["drop"] > 50 and not out["valid"], (lost, out["drop"])
+    assert stop(camerad)[0] == 0 and stop(modeld)[0] == 0
+  finally:
+    sock.close()
+
+
 def test_sigterm_while_waiting_for_a_camera_exits_cleanly(spawn, model):
   modeld = spawn("tools.modeld", str(model))
   assert select.select([modeld.stdout], [], [], WAIT_S)[0] and modeld.stdout.readline().startswith("modeld: ")

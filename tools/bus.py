@@ -68,8 +68,7 @@ def hz(args):
   count, start = 0, time.monotonic()
   while end is None or time.monotonic() < end:
     if sock.poll(50):
-      sock.recv()
-      count += 1
+      count += recv_one(sock) is not MULTIPART
     if (elapsed := time.monotonic() - start) >= args.interval:
       print(f"{args.service}: {count / elapsed:.1f} Hz (declared {get_service(args.service).rate_hz:g})", flush=True)
       count, start = 0, time.monotonic()
