@@ -229,7 +229,6 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
       if kind == "buffer":
         if not (_is_int(value) and 0 <= value < len(spec.buffers)): fail(f"{what} argument {j} refers to missing buffer {value}")
         b = spec.buffers[value]
-        if b.nbytes == 0: fail(f"{what} argument {j} refers to buffer {value} ({b.kind}), which is empty")
         if p.kind not in ("buffer", "image") or (b.kind == "image") != (p.kind == "image"):
           fail(f"{what} argument {j} is buffer {value} ({b.kind}), but parameter {p.name!r} is "
                f"{'an image2d_t' if p.kind == 'image' else 'a buffer' if p.kind == 'buffer' else 'a ' + p.kind}")
@@ -254,7 +253,7 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
         fail(f"{what} argument {j} reads buffer {r}, which overlaps buffer {out} it writes")
       b = spec.buffers[r]
       if b.kind in ("weights", "image") and r not in read:
-        if r <= last_blob[0] or b.offset <= last_blob[1]:
+        if r <= last_blob[0] or b.offset < last_blob[1]:
           fail(f"{what} argument {j} reads buffer {r} ({b.kind} at {b.offset}) first, after buffer {last_blob[0]} "
                f"(at {last_blob[1]}): weights are numbered and placed in the order kernels first read them")
         last_blob = (r, b.offset)
