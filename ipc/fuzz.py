@@ -57,6 +57,19 @@ def broken_pointers(good: bytes) -> list:
   return out
 
 
+def amplified(good: bytes, count: int = 1 << 25) -> bytes:
+  """`good` with its first struct list made a list of `count` empty structs: a few bytes that a reader with capnp's
+  default traversal limit walks element by element (a Python loop of `count`)."""
+  for at in _list_pointers(good):
+    lo, hi = struct.unpack_from("<iI", good, at)
+    if hi & 7 == 7:
+      data = bytearray(good)
+      struct.pack_into("<iI", data, at, lo, 7)  # no words of content
+      struct.pack_into("<iI", data, at + WORD + (lo >> 2) * WORD, count << 2, 0)  # the tag: count elements, 0 words
+      return bytes(data)
+  raise ValueError("the message has no struct list")
+
+
 def mutate(good: bytes, rng: random.Random) -> bytes:
   """`good` with 1-4 bytes changed, or cut, or extended, or its segment table edited."""
   data = bytearray(good)

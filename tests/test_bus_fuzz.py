@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ipc.framepool import FrameClient, FrameServer
-from ipc.fuzz import broken_pointers, hostile
+from ipc.fuzz import amplified, broken_pointers, hostile
 from ipc.messaging import PubMaster, SubMaster, new_message, sub_socket
 from ipc.schema import Event
 from ipc.services import QUEUE_BYTES, get_service
@@ -85,6 +85,15 @@ def test_broken_calibration_pointers_only_fail_when_read():
     event = Event.from_segments(segments(bad))
     with pytest.raises(Exception):
       list(event.calibration.warpMatrix)
+
+
+def test_a_list_of_millions_of_empty_structs_is_refused_at_once():
+  """Amplification: 136 bytes that claim 2^25 tensors. capnp's default reader lets a consumer loop over them all;
+  parse() reads with a traversal limit of a few times the message and refuses it."""
+  bad = amplified(samples()["modelOutput"])
+  assert len(Event.from_segments(segments(bad)).modelOutput.outputs) == 1 << 25
+  with pytest.raises(MessageError, match="traversal limit"):
+    parse(bad, "modelOutput")
 
 
 @pytest.mark.parametrize("conflate", [True, False], ids=["keep-latest", "queueing"])
