@@ -2,7 +2,7 @@
 
 Each test runs a command through scripts/oclgrind.sh (Oclgrind as the only OpenCL platform, EDGEML_DEVICE=oclgrind),
 which fails when the command fails or Oclgrind reports anything:
-- a deliberately out-of-bounds kernel is reported (the check can fail), its in-bounds twin is not;
+- deliberate out-of-bounds reads and writes and a data race are reported (the check can fail), the correct kernel is not;
 - the tests marked `portable` pass under Oclgrind with nothing reported;
 - a small CNN and the shared models (../shared/models, when present) compile for Oclgrind's target and their kernels,
   run with every buffer of the plan an allocation of its own (tests/oclgrind_run.py), match onnxruntime's outputs, with
@@ -38,34 +38,37 @@ def report(r: subprocess.CompletedProcess) -> str:
   return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-6000:]}\n--- stderr ---\n{r.stderr[-6000:]}"
 
 
-# Copies x[i + SHIFT] to y[i] for i < N, both buffers N floats: SHIFT 1 reads one element past the end of x.
-SHIFTED_COPY = """
+# One kernel over n = 64 work items, y and x both 64 floats: `stmt` (argv[1]) is its body; prints whether y == x.
+ONE_KERNEL = """
 import sys
 import numpy as np
 from compiled.device import default_device
-shift, n = int(sys.argv[1]), 64
-dev = default_device()
+n, dev = 64, default_device()
 print("device:", dev.name)
 x = np.arange(n, dtype=np.float32)
-xb, yb = dev.upload(x), dev.alloc(x.nbytes)
-k = dev.kernel("__kernel void shifted_copy(__global float *y, __global const float *x, int shift) {"
-               "  int i = get_global_id(0); y[i] = x[i + shift]; }", "shifted_copy")
-k(dev.queue, (n,), None, yb, xb, np.int32(shift))
-y = dev.download(yb, (n,), np.float32)
-print("in-range outputs match:", bool(np.array_equal(y[:n - shift], x[shift:])))
+xb, yb = dev.upload(x), dev.upload(np.zeros(n, np.float32))
+k = dev.kernel("__kernel void one(__global float *y, __global const float *x) { int i = get_global_id(0); %s }"
+               % sys.argv[1], "one")
+k(dev.queue, (n,), (16,), yb, xb)
+print("y == x:", bool(np.array_equal(dev.download(yb, (n,), np.float32), x)))
 """
+KERNELS = {   # body, what Oclgrind must report (None: nothing)
+  "in_bounds": ("y[i] = x[i];", None),
+  "read_past_end": ("y[i] = x[i + 1];", "Invalid read of size 4"),
+  "write_past_end": ("y[i + 1] = x[i];", "Invalid write of size 4"),
+  "write_write_race": ("y[i / 2] = x[i];", "Write-write data race"),
+}
 
 
-@pytest.mark.parametrize("shift", [0, 1])
-def test_out_of_bounds_read_is_reported(shift):
-  r = under_oclgrind("-c", SHIFTED_COPY, str(shift))
+@pytest.mark.parametrize("case", list(KERNELS))
+def test_deliberate_errors_are_reported(case):
+  stmt, expected = KERNELS[case]
+  r = under_oclgrind("-c", ONE_KERNEL, stmt)
   assert "device: Oclgrind" in r.stdout, report(r)
-  assert "in-range outputs match: True" in r.stdout, report(r)
-  if shift == 0:
-    assert r.returncode == 0 and "Invalid read" not in r.stderr, report(r)
+  if expected is None:
+    assert r.returncode == 0 and "y == x: True" in r.stdout, report(r)
   else:
-    assert r.returncode == 1, report(r)
-    assert "Invalid read of size 4" in r.stderr and "Kernel: shifted_copy" in r.stderr, report(r)
+    assert r.returncode == 1 and expected in r.stderr and "Kernel: one" in r.stderr, report(r)
     assert "oclgrind.sh: Oclgrind reported" in r.stderr, report(r)
 
 
@@ -101,11 +104,16 @@ def small_cnn(path: str) -> None:
 
 
 def models():
+  """mini_drive only with EDGEML_OCLGRIND_SLOW=1: about 3 CPU minutes in the simulator (tiny_detector: about 1)."""
   cases = [pytest.param("small_cnn", id="small_cnn")]
-  for name in ("tiny_detector",):   # mini_drive: left out, see README (Oclgrind job)
+  for name in ("tiny_detector", "mini_drive"):
     onnx_path = os.path.join(MODELS, f"{name}.onnx")
-    missing = not (os.path.isfile(onnx_path) and os.path.isfile(onnx_path[:-5] + ".npz"))
-    cases.append(pytest.param(name, id=name, marks=pytest.mark.skipif(missing, reason=f"no {onnx_path} with its .npz")))
+    marks = [pytest.mark.skipif(not (os.path.isfile(onnx_path) and os.path.isfile(onnx_path[:-5] + ".npz")),
+                                reason=f"no {onnx_path} with its .npz")]
+    if name == "mini_drive":
+      marks.append(pytest.mark.skipif(not os.environ.get("EDGEML_OCLGRIND_SLOW"), reason="slow under Oclgrind; "
+                                      "EDGEML_OCLGRIND_SLOW=1 runs it"))
+    cases.append(pytest.param(name, id=name, marks=marks))
   return cases
 
 
