@@ -57,7 +57,7 @@ def broken_pointers(good: bytes) -> list:
   return out
 
 
-def amplified(good: bytes, count: int = 1 << 25) -> bytes:
+def amplified(good: bytes, count: int = 1 << 22) -> bytes:
   """`good` with its first struct list made a list of `count` empty structs: a few bytes that a reader with capnp's
   default traversal limit walks element by element (a Python loop of `count`)."""
   for at in _list_pointers(good):
