@@ -277,6 +277,13 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
   for n, k in enumerate(spec.kernels): _validate_bytes(spec, k, f"kernel {n} ({k.name!r})", fail)
 
 
+def _covers(stored: np.ndarray, elements: int) -> bool:
+  """Whether `stored` (as many indices as elements, all in range) names every element: then each exactly once."""
+  seen = np.zeros(elements, bool)
+  seen[stored] = True
+  return bool(seen.all())
+
+
 def _validate_bytes(spec: ProgramSpec, k: KernelSpec, what: str, fail) -> None:
   """A kernel's `bytes` is the bytes of its buffer arguments (an image: its data without the row padding), as the
   compiler counts them: an argument pointed at a buffer of another size no longer adds up."""
@@ -322,8 +329,7 @@ def _validate_launch(spec: ProgramSpec, k: KernelSpec, decl, out: int, what: str
     fail(f"{what} global size {list(g)} stores {items} x {stores} elements of {p.name!r}, but buffer {out} holds "
          f"{elements} {p.ctype}")
   stored = decl.stored_elements(g)   # None where the store indices are not plain arithmetic of the global ids
-  if stored is not None and (stored.min() < 0 or stored.max() >= elements
-                             or np.bincount(stored, minlength=elements).max() != 1):
+  if stored is not None and (stored.min() < 0 or stored.max() >= elements or not _covers(stored, elements)):
     fail(f"{what} global size {list(g)} does not store each of the {elements} elements of {p.name!r} (buffer {out}) "
          f"exactly once: its store indices run from {stored.min()} to {stored.max()}")
 

@@ -11,6 +11,7 @@ understands the fixed forms the compiler generates (edgeml/codegen.py) and plain
     guard:  int gx = get_global_id(0) ... if (gx >= N) return;
 """
 import ast
+import functools
 import re
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class KernelDecl:
     m = re.search(r"\bif\s*\(\s*gx\s*>=\s*(\d+)\s*\)\s*return\s*;", self.body)
     return int(m.group(1)) if m else None
 
+  @functools.cached_property
   def _stores(self) -> list[tuple[int, str | None, int]]:
     """(position, index expression or None, elements) of every store to the output parameter."""
     name = re.escape(self.params[self.output].name)
@@ -72,7 +74,7 @@ class KernelDecl:
 
   def stores_per_item(self) -> int:
     """Elements of the output parameter one work item stores, counting each store statement once."""
-    return sum(n for _, _, n in self._stores())
+    return sum(n for _, _, n in self._stores)
 
   def stored_elements(self, global_size: tuple[int, ...]) -> np.ndarray | None:
     """Every element index of the output the launch stores (one entry per store), or None when the loader cannot tell:
@@ -82,14 +84,15 @@ class KernelDecl:
     guard = self.guard_x()
     if len(re.findall(r"\breturn\b", self.body)) != (guard is not None): return None
     sizes = [min(g, guard) if d == 0 and guard is not None else g for d, g in enumerate(global_size)]
-    stores = self._stores()
+    stores = self._stores
     if not stores or np.prod(sizes, dtype=np.float64) * sum(n for *_, n in stores) > MAX_EVALUATED: return None
-    grids = np.meshgrid(*(np.arange(n, dtype=np.int64) for n in sizes), indexing="ij")
-    env = {v: grids[d].ravel() if d < len(grids) else np.zeros(grids[0].size, np.int64) for v, d in ids.items()}
+    def axis(d: int) -> np.ndarray:   # the ids along dimension d, shaped to broadcast against the others
+      return np.arange(sizes[d] if d < len(sizes) else 1, dtype=np.int64).reshape([-1 if a == d else 1 for a in range(3)])
+    env, shape = {v: axis(d) for v, d in ids.items()}, [sizes[d] if d < len(sizes) else 1 for d in range(3)]
     out = []
     for at, expr, n in stores:
       if expr is None or not _at_top_level(self.body, at): return None
-      try: index = np.broadcast_to(_evaluate(ast.parse(expr.strip(), mode="eval").body, env), grids[0].size)
+      try: index = np.broadcast_to(_evaluate(ast.parse(expr.strip(), mode="eval").body, env), shape).ravel()
       except (SyntaxError, ValueError, ZeroDivisionError): return None
       out += [index + k for k in range(n)]
     return np.concatenate(out)
@@ -147,13 +150,15 @@ def _param(text: str) -> Param:
   raise SourceError(f"parameter {text.strip()!r} is neither a __global pointer, an image nor an int or float")
 
 
+_BRACE = re.compile(r"[{}]")
+
+
 def _body(source: str, start: int) -> str:
+  """The text between the brace at `start` and its matching closing brace."""
   depth = 0
-  for i in range(start, len(source)):
-    if source[i] == "{": depth += 1
-    elif source[i] == "}":
-      depth -= 1
-      if depth == 0: return source[start + 1:i]
+  for m in _BRACE.finditer(source, start):
+    depth += 1 if m.group() == "{" else -1
+    if depth == 0: return source[start + 1:m.start()]
   raise SourceError("a kernel body has no closing brace")
 
 
