@@ -46,7 +46,7 @@ def load(path: str | os.PathLike, device: Device | None = None, allow_target_mis
   output (default EDGEML_MAX_TENSOR_BYTES, else 256 MiB). Anything wrong with the file is an ArtifactError."""
   spec = read_artifact(path, trusted_keys, require_signature, max_tensor_bytes)
   return Program(spec, _device_for(spec, os.fspath(path), device, allow_target_mismatch), name=os.fspath(path),
-                 max_tensor_bytes=max_tensor_bytes)
+                 max_tensor_bytes=max_tensor_bytes, validated=True)
 
 
 class Program:
@@ -55,9 +55,10 @@ class Program:
   run(feeds) -> {name: array} and run(output_names | None, feeds) -> [array] copy in and out. The allocation-free path:
   fill input_buffer(name) in place, execute(), read output_buffer(name) (a view, overwritten by the next execute).
   """
-  def __init__(self, spec: ProgramSpec, device: Device, name: str = "program", max_tensor_bytes: int | None = None):
+  def __init__(self, spec: ProgramSpec, device: Device, name: str = "program", max_tensor_bytes: int | None = None,
+               validated: bool = False):
     self.name, self.device = name, device
-    validate(spec, name, max_tensor_bytes)  # the whole structure, before anything is allocated or enqueued
+    if not validated: validate(spec, name, max_tensor_bytes)  # the whole structure, before anything is allocated
     self._check_device_limits(spec)
     try: self._setup(spec)
     except cl.Error as e: raise ArtifactError(f"{name}: {device.name} refused the program: {e}") from None
