@@ -4,7 +4,8 @@ capnp readers are lazy: a broken pointer deep inside a message only raises when 
 parse() therefore walks every pointer the schema says the message has (texts, data, lists, structs, the set union
 member; enum values must name an enumerant, text must be UTF-8) on a reader whose traversal limit is a few times
 the message's own size, so a message of overlapping pointers or of a huge list of empty elements is refused too.
-What passes can be read field by field, printed, or turned into a dict without raising. The consumer gets a second
+What passes can be read field by field, printed, or turned into a dict without raising; a modelOutput's tensors
+also hold exactly the bytes their shapes need (MEANING), so get_outputs cannot fail on it. The consumer gets a second
 reader of the same bytes with capnp's default limit (a Data field read more than once is charged every time).
 
 DropLog reports dropped messages to stderr at a bounded rate: the first one at once, then at most one line a
@@ -107,13 +108,30 @@ assert not [f for f in _fields if f[1] == NO_DISCRIMINANT], "Event's own pointer
 _walk_member = {name: check for name, _, check in _fields}  # the walk of each union member's struct
 
 
+def _tensors_fit(model_output) -> None:
+  """Each output tensor's data holds exactly its shape's float32s (what get_outputs reshapes)."""
+  for tensor in model_output.outputs:
+    count = 1
+    for size in tensor.shape:
+      count *= size
+    if 4 * count != len(tensor.data):
+      raise MessageError(f"output {tensor.name!r}: shape {list(tensor.shape)} needs {4 * count} bytes of float32, "
+                         f"the data has {len(tensor.data)}")
+
+
+MEANING = {"modelOutput": _tensors_fit}  # checks beyond the schema, by union member
+
+
 def parse(data: bytes, kind: str):
   """(event, its `kind` member) for `data`, checked whole; MessageError for anything else (not capnp,
   truncated, another or an unknown union member, a broken pointer anywhere, bad text or enum)."""
   try:
     parts = segments(data)
     limit = TRAVERSAL_FACTOR * len(data) // 8 + 64
-    _walk_member[kind](getattr(Event.from_segments(parts, traversal_limit_in_words=limit), kind))
+    member = getattr(Event.from_segments(parts, traversal_limit_in_words=limit), kind)
+    _walk_member[kind](member)
+    if kind in MEANING:
+      MEANING[kind](member)
     event = Event.from_segments(parts)  # a reader that keeps `data` alive, unlike from_bytes
     return event, getattr(event, kind)  # raises unless `kind` is the member set
   except MessageError:

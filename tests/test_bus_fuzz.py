@@ -15,7 +15,7 @@ from ipc.fuzz import amplified, broken_pointers, hostile
 from ipc.messaging import PubMaster, SubMaster, new_message, sub_socket
 from ipc.schema import Event
 from ipc.services import QUEUE_BYTES, get_service
-from ipc.tensors import set_outputs
+from ipc.tensors import get_outputs, set_outputs
 from ipc.testing import Children, isolated_bus, read_command, update_until
 from ipc.validate import MessageError, parse, segments
 
@@ -76,7 +76,18 @@ def test_accepted_messages_read_whole_and_broken_pointers_are_refused():
           continue
         accepted += 1
         assert readable(data, kinds[name]), data.hex()
+        if name == "modelOutput":
+          get_outputs(parse(data, "modelOutput")[1])  # shapes and data agree
   assert tried > 15000 and 0 < accepted < tried
+
+
+def test_tensor_whose_shape_disagrees_with_its_data_is_refused():
+  for shape, nbytes in (([3], 8), ([2, 2], 17), ([1 << 31, 2], 8), ([], 0)):
+    msg = new_message("modelOutput")
+    tensor = msg.modelOutput.init("outputs", 1)[0]
+    tensor.name, tensor.shape, tensor.data = "plan", shape, bytes(nbytes)
+    with pytest.raises(MessageError, match="output 'plan': shape"):
+      parse(msg.to_bytes(), "modelOutput")
 
 
 def test_broken_calibration_pointers_only_fail_when_read():
