@@ -12,6 +12,8 @@ may happen.
 Not mutated in the unsigned runs: the OpenCL source text and the values of scalar kernel arguments. They are the
 program itself (an edited source can do anything), which no structural check can tell from the original; the
 signature covers them, and the signed run below mutates them too: every such edit without the key is refused.
+Known gap of the structural checks (several fields edited together, e.g. two read arguments of one type swapped):
+the loader does not bound what a kernel reads, only what it writes; a signature is what rules that out.
 """
 import copy
 import hashlib
@@ -209,7 +211,7 @@ def make_cases(tmp, name, spec, ins, outs, count, rng, raw_bytes=0, key=None, ke
 
 # ---- running -----------------------------------------------------------------------------------------------------
 
-def run_cases(cases, tmp) -> list[str]:
+def run_cases(cases, tmp, env=None) -> list[str]:
   """Each case's outcome; a child that dies or stops answering is restarted after the case it was on."""
   case_file = tmp / "cases.json"
   case_file.write_text(json.dumps(cases))
@@ -217,7 +219,7 @@ def run_cases(cases, tmp) -> list[str]:
   while start < len(cases):
     with open(tmp / "child.err", "w+") as err:
       child = subprocess.Popen([sys.executable, "-c", CHILD, str(case_file), str(start)], stdout=subprocess.PIPE,
-                               stderr=err, text=True, cwd=os.path.dirname(__file__))
+                               stderr=err, text=True, cwd=os.path.dirname(__file__), env=env)
       sel = selectors.DefaultSelector()
       sel.register(child.stdout, selectors.EVENT_READ)
       nxt = start
@@ -308,3 +310,32 @@ def test_any_edit_without_the_key_is_refused(tmp_path, keys):
     refused[how] = refused.get(how, 0) + 1
   print(f"refused without the key: {refused}")
   assert sum(refused.values()) > 100
+
+
+UNCHECKED = """
+import compiled.artifact, compiled.runtime
+def unchecked(spec, where="spec", max_tensor_bytes=None): pass
+compiled.artifact.validate = compiled.runtime.validate = unchecked
+"""
+
+
+def test_the_harness_sees_what_an_unchecked_loader_does(tmp_path):
+  """With validate() switched off in the child (a sitecustomize), edits the loader refuses show up as wrong outputs and
+  leaked exceptions: the outcomes above are measured, not assumed."""
+  (tmp_path / "site").mkdir()
+  (tmp_path / "site" / "sitecustomize.py").write_text(UNCHECKED)
+  spec, ins, outs = tiny()
+  ref = save_reference(tmp_path / "tiny.npz", ins, outs)
+  edits = {"wrong": lambda d: d["outputs"][1].update(dtype="uint32"),          # best read back as another type
+           "leak": lambda d: d["buffers"][0].update(kind="image")}              # an input that is an image
+  cases = []
+  for name, edit in edits.items():
+    d = header_dict(spec)
+    edit(d)
+    path = tmp_path / f"{name}.edgeml"
+    path.write_bytes(assemble(artifact.schema.Program.new_message(**d).to_bytes(), bytes(spec.weights)))
+    cases.append({"path": str(path), "ref": ref, "keys": [], "required": False, "what": name})
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+  wrong, leak = run_cases(cases, tmp_path, env)
+  assert wrong == "wrong" and leak.startswith("leak "), (wrong, leak)
+  assert run_cases(cases, tmp_path) == ["refused", "refused"]
