@@ -92,6 +92,7 @@ def raw_public_key(key) -> bytes:
 
 def trusted_keys_from(keys=None) -> list[bytes]:
   """The raw public keys of `keys` plus those of the files in EDGEML_TRUSTED_KEYS."""
+  if isinstance(keys, (str, bytes, bytearray, os.PathLike)): keys = [keys]   # one key given alone
   env = [p for p in os.environ.get(TRUSTED_KEYS_ENV, "").split(os.pathsep) if p]
   return [raw_public_key(k) for k in [*(keys or ()), *env]]
 

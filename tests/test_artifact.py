@@ -297,6 +297,7 @@ def test_signed_round_trip(tmp_path, keys):
   assert artifact.artifact_facts(p).signer == raw_public_key(keys / "a.pub").hex()
   read_artifact(p, trusted_keys=[raw_public_key(keys / "a.pub")], require_signature=True)   # raw 32-byte keys
   read_artifact(p)   # signed but nothing required: the signature is still checked against its own key
+  read_artifact(p, trusted_keys=keys / "a.pub", require_signature=True)   # one key alone
 
 
 def test_signatures_refused(tmp_path, keys, monkeypatch):
