@@ -373,3 +373,21 @@ def test_device_limits_are_checked_before_anything_runs():
   spec = tiny_spec(n_out=n)
   spec.kernels[0].local_size = (n,)
   with pytest.raises(ArtifactError, match="CL_DEVICE_MAX_WORK_GROUP_SIZE"): Program(spec, dev)
+
+
+def test_compile_sign_end_to_end(tmp_path, keys, capsys):
+  import onnx
+  from onnx import TensorProto, helper
+  import compiled
+  from tools.compile import main as compile_main
+  graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+  model.ir_version = 9
+  onnx.save(model, tmp_path / "relu.onnx")
+  compile_main([str(tmp_path / "relu.onnx"), "-o", str(tmp_path / "relu.edgeml"), "--sign", str(keys / "a.pem")])
+  prog = compiled.load(tmp_path / "relu.edgeml", trusted_keys=[keys / "a.pub"], require_signature=True)
+  x = np.array([[-1, 2, -3, 4]], np.float32)
+  np.testing.assert_array_equal(prog.run({"x": x})["y"], np.maximum(x, 0))
+  with pytest.raises(ArtifactError, match="not among"): compiled.load(tmp_path / "relu.edgeml", trusted_keys=[keys / "b.pub"])
