@@ -79,6 +79,7 @@ def test_accepted_messages_read_whole_and_broken_pointers_are_refused():
         if name == "modelOutput":
           get_outputs(parse(data, "modelOutput")[1])  # shapes and data agree
   assert tried > 15000 and 0 < accepted < tried
+  print(f"\nvalidator: {tried} parses of hostile bytes, {tried - accepted} refused, {accepted} accepted and read whole")
 
 
 def test_tensor_whose_shape_disagrees_with_its_data_is_refused():
