@@ -108,7 +108,43 @@ def test_idle_connections_are_closed_and_do_not_lock_out_subscribers(children, m
   assert closed == len(idle)
 
 
+def test_a_flood_past_the_open_file_limit_does_not_lock_out_subscribers(children, monkeypatch, tmp_path):
+  """The publisher may open 64 files; 200 idle connections use them up. It closes each after the handshake time,
+  so a real subscriber arriving during the flood is served (within 20 s: zmq's default handshake time is 30 s)."""
+  folder = keys(tmp_path / "keys", monkeypatch)
+  monkeypatch.setenv("EDGEML_BUS_HOST", "0.0.0.0")
+  pub = children(__file__, "publish_limited", "64")
+  pub.expect("ready")
+  idle = []
+  for _ in range(200):
+    try:
+      idle.append(socket.create_connection(("127.0.0.1", services.tcp_port(SERVICE)), timeout=0.5))
+    except OSError:
+      break  # the listen backlog is full too
+  sub = children(__file__, "subscribe", str(folder))
+  sub.expect("ready")
+  deadline, count = time.monotonic() + 20, 0
+  while count == 0 and time.monotonic() < deadline:
+    sub.tell("count")
+    count = int(sub.expect("count").split()[1])
+  for s in idle:
+    s.close()
+  assert len(idle) > 64 and count > 0, (len(idle), count)
+
+
 # --- children ---
+
+def publish_limited(files):
+  """Publish SERVICE at 20 Hz with at most `files` open files (soft and hard), until stdin closes."""
+  import resource
+  resource.setrlimit(resource.RLIMIT_NOFILE, (int(files), int(files)))
+  pm = PubMaster([SERVICE])
+  print("ready", flush=True)
+  i = 0
+  while True:
+    i += 1
+    pm.send(SERVICE, new_message(SERVICE, process="camerad", pid=i))
+    read_command(0.05)
 
 def subscribe(folder):
   """Subscribe to SERVICE over TCP with EDGEML_BUS_KEYS=folder (none if empty); on 'count', print how many valid
@@ -132,4 +168,4 @@ def subscribe(folder):
 
 
 if __name__ == "__main__":
-  {"subscribe": subscribe}[sys.argv[1]](*sys.argv[2:])
+  {"subscribe": subscribe, "publish_limited": publish_limited}[sys.argv[1]](*sys.argv[2:])
