@@ -16,12 +16,15 @@ class Target:
   align: int              # bytes; arena and weight offsets, at least every such device's CL_DEVICE_MEM_BASE_ADDR_ALIGN
   cache_binaries: bool    # the driver's program binaries are machine code worth caching on disk (PoCL's are bitcode)
   build_options: str = ""
+  gpu: bool = False       # GPU-like: wants many work items in groups of `work_group` (edgeml/opt.py heuristics)
+  work_group: int = 64    # preferred work-group size of flat and grouped-reduce launches on a GPU-like device
 
 
 TARGETS = {t.name: t for t in (
   Target("pocl", ("portable computing language",), image_weights=False, align=512, cache_binaries=False),
-  Target("nvidia", ("nvidia",), image_weights=False, align=512, cache_binaries=True),
-  Target("adreno", ("qualcomm", "adreno"), image_weights=True, align=512, cache_binaries=True),
+  Target("nvidia", ("nvidia",), image_weights=False, align=512, cache_binaries=True, gpu=True, work_group=128),
+  Target("adreno", ("qualcomm", "adreno"), image_weights=True, align=512, cache_binaries=True, gpu=True,
+         work_group=128),
   Target("generic", (), image_weights=False, align=512, cache_binaries=True),
 )}
 

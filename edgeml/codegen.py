@@ -2,9 +2,10 @@
 
 The fused graph is rendered from the output down: every value becomes a local variable (shared subexpressions are
 rendered once per scope), movement ops turn into index expressions, padding into validity conditions, and a fused
-reduce into one loop nest shared by every output of the work item. A kernel has several renderings (`variants`):
-tiles of neighbouring outputs per work item, vector lanes on the output's last axis or on the reduce axis; `render`
-keeps the one with the fewest statements per output, or the one a chooser (the tuner) picks.
+reduce into one loop nest shared by every output of the work item, or split across a work-group (grouped reduce).
+The shape a kernel takes (tiles, vector lanes, grouped reduce, work-group size) is decided in edgeml/opt.py; this
+module prints a given KernelShape (`render_shape`), and `render` keeps, of the shapes opt proposes, the one with the
+fewest statements per output, or the one a chooser (the tuner) picks.
 """
 from __future__ import annotations
 import functools
@@ -12,8 +13,10 @@ import itertools
 import math
 import numpy as np
 from dataclasses import dataclass
+from compiled.targets import TARGETS, Target
 from edgeml.ops import Op, REDUCE
 from edgeml.lazy import Node, contiguous_strides
+from edgeml.opt import KernelShape, candidates, kernel_nodes, lane_axis_of, pick_local_size
 from edgeml.schedule import ScheduleItem
 from edgeml.symbolic import Lin, Var
 
@@ -125,15 +128,6 @@ def literal(value, dtype: np.dtype) -> str:
 MAX_UNROLL = 16   # reduce iterations unrolled at most (3x3 windows yes, long channel loops no)
 
 
-def pick_local_size(nx: int, ny: int) -> tuple[int, int]:
-  """(lx, ly): powers of two, up to 64 work items, that pad the innermost axis by at most 1/8, divide the other, and
-  still leave at least 8 work groups (2 cores x 2 and some slack) when possible."""
-  lx = next((l for l in (64, 32, 16, 8, 4, 2) if -(-nx // l) * l - nx <= nx // 8 and -(-nx // l) * ny >= 8), 1)
-  groups_x = -(-nx // lx)
-  ly = next((l for l in (64, 32, 16, 8, 4, 2) if lx * l <= 64 and ny % l == 0 and groups_x * ny // l >= 8), 1)
-  return lx, ly
-
-
 class NotVectorizable(Exception):
   """The kernel reads or computes something lane by lane that a vector type cannot express; use scalar tiles."""
 
@@ -143,8 +137,9 @@ class _Renderer:
   types: contiguous loads become vloadN, values that do not depend on the lane stay scalar and broadcast.
   `images` maps id(load node) -> image width in texels for loads read through image2d_t: element e is component e%4
   of texel e/4, at (texel % width, texel / width)."""
-  def __init__(self, item: ScheduleItem, width: int = 1, reduce_lanes: bool = False, images: dict | None = None):
-    self.item, self.width, self.reduce_lanes = item, width, reduce_lanes
+  def __init__(self, item: ScheduleItem, width: int = 1, reduce_lanes: bool = False, images: dict | None = None,
+               group: int = 1):
+    self.item, self.width, self.reduce_lanes, self.group = item, width, reduce_lanes, group
     self.images = {i: w for i, w in (images or {}).items() if any(id(n) == i for n in item.loads)}
     self.lane = Var("lane", 0, width - 1)
     self.vectors: set[str] = set()     # names of values that are vectors
@@ -307,6 +302,7 @@ class _Renderer:
     src, lines, loops = n.src[0], [], {}
     init = literal(0, n.dtype) if n.op is Op.SUM else min_literal(n.dtype)
     axes = [ax for ax in n.arg if src.shape[ax] > 1]
+    if self.group > 1: return self._grouped_loop(n, src, axes, init)
     if self.reduce_lanes:   # the innermost reduce axis in vector lanes: vector partial sums, added up after the loop
       if n.op is not Op.SUM or n.dtype != np.float32 or not axes or src.shape[axes[-1]] % self.width:
         raise NotVectorizable("reduce lanes")
@@ -347,6 +343,37 @@ class _Renderer:
     return self.lines
 
 
+  def _grouped_loop(self, n: Node, src: Node, axes: list, init: str) -> list[str]:
+    """The reduce split across the work-group: work item `lid` takes elements lid, lid + group, ... of the reduce
+    axes in row-major order, then the partial results are combined in __local memory by halving (barriers reached by
+    every work item); every work item reads the total."""
+    g, t = self.group, self.compute_type(n.dtype)
+    k = math.prod(src.shape[ax] for ax in axes)
+    steps = -(-k // g)
+    flat = Lin.of(Var("rg", 0, steps - 1)) * g + Lin.of(Var("lid", 0, g - 1))
+    sizes = tuple(src.shape[ax] for ax in axes)
+    at = {ax: (flat // st) % size for ax, size, st in zip(axes, sizes, contiguous_strides(sizes))}
+    lines = [f"{t} {acc} = {init};" for *_, acc in self.pending]
+    lines.append(f"for (int rg = 0; rg < {steps}; rg++) {{")
+    if k % g: lines.append(f"if ({flat.render()} < {k}) {{")
+    self.lines, self.scopes, self.trips = lines, [{}], steps
+    header = len(lines)
+    combine = (lambda a, b: int_alu(Op.ADD, n.dtype, (a, b)) or f"{a} + {b}") if n.op is Op.SUM else \
+        (lambda a, b: f"({b}>{a}?{b}:{a})")
+    for _, idx, valid, acc in self.pending:
+      v = self.value(src, tuple(at.get(ax, i) for ax, i in enumerate(idx)), valid)
+      self.lines.append(f"{acc} = {combine(acc, v)};")
+      self.flops += self.trips
+    self.loop_statements = (len(self.lines) - header) * self.trips
+    self.lines += ["}"] * (2 if k % g else 1)
+    for _, _, _, acc in self.pending:
+      self.lines += [f"__local {t} {acc}_part[{g}];", f"{acc}_part[lid] = {acc};", "barrier(CLK_LOCAL_MEM_FENCE);",
+                     f"for (int s = {g // 2}; s > 0; s >>= 1) {{",
+                     f"if (lid < s) {acc}_part[lid] = {combine(f'{acc}_part[lid]', f'{acc}_part[lid + s]')};",
+                     "barrier(CLK_LOCAL_MEM_FENCE);", "}", f"{acc} = {acc}_part[0];"]
+    return self.lines
+
+
 def program_source(kernels: list[Kernel]) -> str:
   """One OpenCL program holding `kernels` (their names must be unique)."""
   source = "\n".join(k.source for k in kernels)
@@ -381,78 +408,49 @@ def _view_index(src_shape: tuple, strides: tuple, offset: int, idx: tuple) -> tu
 
 
 def kernel_name(item: ScheduleItem) -> str:
-  reduces = [n for n in _kernel_nodes(item) if n.op in REDUCE]
+  reduces = [n for n in kernel_nodes(item) if n.op in REDUCE]
   dims = "_".join(str(s) for s in item.out.shape) or "1"
   if not reduces: return f"E_{dims}"
   return f"r_{dims}_{math.prod(reduces[0].src[0].shape[a] for a in reduces[0].arg)}"
 
 
-def lane_axis_of(shape: tuple) -> int:
-  """The axis put in vector lanes: the last one longer than 1 (its elements are contiguous)."""
-  return max([a for a, s in enumerate(shape) if s > 1], default=len(shape) - 1)
-
-
-def variants(item: ScheduleItem) -> list[tuple[dict, int, bool]]:
-  """Ways to render a kernel with a fused reduce: (tiles, width, reduce_lanes). Each work item computes
-  `tiles[axis]` neighbouring outputs along one or two axes (a small divisor of the axis); `width` > 1 puts the last
-  axis in vector lanes (lane_axis_of), or with `reduce_lanes` the innermost reduce axis (vector partial sums).
-  At most 32 scalar outputs or 64 vector lanes per work item; at least 8 work items."""
-  shape = item.out.shape
-  lane_axis = lane_axis_of(shape)
-  if not any(n.op in REDUCE for n in _kernel_nodes(item)):   # elementwise: lanes only
-    return [({lane_axis: w}, w, False) for w in (8, 4) if shape and shape[lane_axis] % w == 0][:1] + [({}, 1, False)]
-  singles = []
-  for a, s in enumerate(shape):
-    divisors = [t for t in (8, 4, 5, 3, 2) if s % t == 0 and s > 1]
-    singles += [{a: t} for t in divisors[:2 if divisors[:1] == [8] else 1]]
-  tilings = [{}] + singles + [{**x, **y} for i, x in enumerate(singles) for y in singles[i + 1:] if x.keys() != y.keys()]
-  out = []
-  for tiles in tilings:
-    count = math.prod(tiles.values(), start=1)
-    if item.out.size // count < 8: continue
-    if tiles.get(lane_axis) in (2, 4, 8) and count <= 64: out.append((tiles, tiles[lane_axis], False))
-    if count <= 32: out.append((tiles, 1, False))
-    if count <= 8: out.append((tiles, 8, True))
-  return out or [({}, 1, False)]
-
-
-def _kernel_nodes(item: ScheduleItem) -> list[Node]:
-  out, stack, seen = [], [item.out], set()
-  while stack:
-    n = stack.pop()
-    if id(n) in seen or (n is not item.out and n in item.loads): continue
-    seen.add(id(n))
-    out.append(n)
-    stack.extend(n.src)
-  return out
-
-
-def render(item: ScheduleItem, name: str | None = None, choose=None, images: dict | None = None) -> Kernel:
-  """OpenCL source and launch sizes for one schedule item. Every variant that renders is a candidate; `choose`
-  (a list of Kernels -> index, e.g. timing them on the device) picks one, else the one whose reduce executes the
-  fewest statements per output does (a proxy for instructions: a vector statement counts once). `images`: id(load
-  node) -> image width in texels, for weights read through image2d_t (see _Renderer)."""
+def render(item: ScheduleItem, name: str | None = None, choose=None, images: dict | None = None,
+           target: Target | None = None) -> Kernel:
+  """OpenCL source and launch sizes for one schedule item on `target` (default pocl). Every shape edgeml/opt.py
+  proposes that renders is a candidate; `choose` (a list of Kernels -> index, e.g. timing them on the device) picks
+  one, else the one whose reduce executes the fewest statements per output does (a proxy for instructions: a vector
+  statement counts once). `images`: id(load node) -> image width in texels, for weights read through image2d_t."""
   name = name or kernel_name(item)
-  candidates = []
-  for tiles, width, reduce_lanes in variants(item):
-    try: r, grid, lines = _render_tiled(item, tiles, width, reduce_lanes, images)
+  candidates_ = []
+  for shape in candidates(item, target or TARGETS["pocl"]):
+    try: r, kernel = _render(item, shape, name, images)
     except NotVectorizable: continue
-    candidates.append((r.loop_statements / math.prod(tiles.values(), start=1), _kernel(item, r, grid, lines, name)))
-  candidates.sort(key=lambda c: c[0])
-  kernels = [k for _, k in candidates]
+    candidates_.append((r.loop_statements / math.prod(shape.tiles.values(), start=1) / shape.group, kernel))
+  candidates_.sort(key=lambda c: c[0])
+  kernels = [k for _, k in candidates_]
   return kernels[choose(kernels) if choose is not None and len(kernels) > 1 else 0]
 
 
-def _render_tiled(item: ScheduleItem, tiles: dict, width: int = 1, reduce_lanes: bool = False, images: dict | None = None):
-  out = item.out
+def render_shape(item: ScheduleItem, shape: KernelShape, name: str | None = None, images: dict | None = None) -> Kernel:
+  """The kernel of `item` in the given shape (NotVectorizable when its lanes cannot express the kernel)."""
+  return _render(item, shape, name or kernel_name(item), images)[1]
+
+
+def _render(item: ScheduleItem, shape: KernelShape, name: str, images: dict | None):
+  out, tiles, width, reduce_lanes = item.out, shape.tiles, shape.width, shape.reduce_lanes
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
-  inner = lane_axis_of(grid)
-  nx, ny = (grid[inner] if grid else 1), max(math.prod(grid), 1) // (grid[inner] if grid else 1)
-  r = _Renderer(item, width, reduce_lanes, images)
-  gx, gy = Lin.of(Var("gx", 0, nx - 1)), Lin.of(Var("gy", 0, ny - 1))
-  outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
-  base = [gx if a == inner else Lin() if s == 1 else (gy // st) % s
-          for a, (s, st) in enumerate(zip(outer, contiguous_strides(outer)))]
+  r = _Renderer(item, width, reduce_lanes, images, shape.group)
+  if shape.flat or shape.group > 1:   # one launch dimension over the whole grid
+    nx, ny = max(math.prod(grid), 1), 1
+    gx = Lin.of(Var("gx", 0, nx - 1))
+    base = [Lin() if s == 1 else (gx // st) % s for s, st in zip(grid, contiguous_strides(grid))]
+  else:   # the innermost axis on the first launch dimension, every other axis on the second
+    inner = lane_axis_of(grid)
+    nx, ny = (grid[inner] if grid else 1), max(math.prod(grid), 1) // (grid[inner] if grid else 1)
+    gx, gy = Lin.of(Var("gx", 0, nx - 1)), Lin.of(Var("gy", 0, ny - 1))
+    outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
+    base = [gx if a == inner else Lin() if s == 1 else (gy // st) % s
+            for a, (s, st) in enumerate(zip(outer, contiguous_strides(outer)))]
   lane_axis = lane_axis_of(out.shape)
   scalar_tiles = {a: t for a, t in tiles.items() if width == 1 or reduce_lanes or a != lane_axis}
   if width > 1 and not reduce_lanes: base[lane_axis] = base[lane_axis] * width + Lin.of(r.lane)
@@ -467,21 +465,27 @@ def _render_tiled(item: ScheduleItem, tiles: dict, width: int = 1, reduce_lanes:
       stores.append(f"vstore{width}({r.as_vector(v)},0,data0+{where.split_var(r.lane)[1].render()});")
     elif out.dtype.type is np.float16: stores.append(f"vstore_half({v},{where.render()},data0);")
     else: stores.append(f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
+  if shape.group > 1: stores = ["if (lid == 0) {"] + stores + ["}"]   # every work item reached the barriers
   post = r.lines
-  return r, (nx, ny), r.reduce_loop() + post + stores
+  return r, _kernel(item, r, shape, (nx, ny), r.reduce_loop() + post + stores, name)
 
 
-def _kernel(item: ScheduleItem, r: _Renderer, grid: tuple, lines: list, name: str) -> Kernel:
+def _kernel(item: ScheduleItem, r: _Renderer, shape: KernelShape, grid: tuple, lines: list, name: str) -> Kernel:
   out, (nx, ny) = item.out, grid
-  lx, ly = pick_local_size(nx, ny)
-  padded = -(-nx // lx) * lx
+  if shape.group > 1:   # a work-group of `group` work items per output
+    (lx, ly), padded = (shape.group, 1), nx * shape.group
+    ids = "int lid = get_local_id(0), gx = get_group_id(0);"
+  else:
+    if shape.flat: lx, ly = min(shape.local, 1 << (nx - 1).bit_length()), 1
+    else: lx, ly = pick_local_size(nx, ny)
+    padded = -(-nx // lx) * lx
+    ids = "int gx = get_global_id(0), gy = get_global_id(1);" + (f"\n  if (gx >= {nx}) return;" if padded != nx else "")
   params = [f"__global {ctype(out.dtype)}* restrict data0"]
   params += [f"read_only image2d_t data{r.args[id(n)]}" if id(n) in r.images else
              f"const __global {ctype(n.dtype)}* restrict data{r.args[id(n)]}" for n in item.loads]
   body = "\n  ".join(lines)
-  guard = f"\n  if (gx >= {nx}) return;" if padded != nx else ""
   source = (f"__kernel __attribute__((reqd_work_group_size({lx},{ly},1)))\n"
-            f"void {name}({', '.join(params)}) {{\n  int gx = get_global_id(0), gy = get_global_id(1);{guard}\n"
-            f"  {body}\n}}\n")
+            f"void {name}({', '.join(params)}) {{\n  {ids}\n  {body}\n}}\n")
   nbytes = out.nbytes + sum(n.nbytes for n in item.loads)
-  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), r.flops * nx * ny, nbytes, bool(r.images))
+  flops = r.flops * nx * ny * (1 if shape.group == 1 else shape.group)
+  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), flops, nbytes, bool(r.images))

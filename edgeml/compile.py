@@ -148,7 +148,8 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
 
   choose = Tuner(dev, log) if tune else None
-  kernels = [render(it, name=f"k{i}_{kernel_name(it)}", choose=choose, images=images) for i, it in enumerate(items)]
+  kernels = [render(it, name=f"k{i}_{kernel_name(it)}", choose=choose, images=images, target=target)
+             for i, it in enumerate(items)]
   specs = [KernelSpec(k.name, k.global_size, k.local_size,
                       [("buffer", buffer_of[id(k.out)])] + [("buffer", buffer_of[id(n)]) for n in k.loads], k.flops, k.bytes)
            for k in kernels]

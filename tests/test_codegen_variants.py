@@ -1,11 +1,14 @@
-"""Every rendering variant of a kernel (tilings, vector lanes on outputs or on the reduce axis, stride-2 lanes) must
-compute the same numbers: the tuner may pick any of them. Each variant is run on the device against numpy."""
+"""Every shape edgeml/opt.py proposes for a kernel (tilings, vector lanes on outputs or on the reduce axis, stride-2
+lanes; the CPU shapes and the GPU ones: flat launches, grouped reduces) must compute the same numbers: the tuner may
+pick any of them. Each is rendered and run on the device against numpy."""
 import numpy as np
 import pyopencl as cl
 import pytest
 from compiled.device import default_device
 from edgeml import Tensor
-from edgeml.codegen import NotVectorizable, _kernel, _render_tiled, kernel_name, program_source, variants
+from compiled.targets import TARGETS
+from edgeml.codegen import NotVectorizable, kernel_name, program_source, render_shape
+from edgeml.opt import KernelShape, candidates, reduce_length
 from edgeml.realize import realize
 from edgeml.schedule import schedule
 
@@ -47,16 +50,17 @@ def test_every_variant_computes_the_same(case):
   realize([it.out for it in items[:-1]])          # inputs of the last kernel
   item = schedule([out.node])[-1]
   dev, want, tried, vector = default_device(), reference(), 0, 0
-  for tiles, width, reduce_lanes in variants(item):
-    try: r, grid, lines = _render_tiled(item, tiles, width, reduce_lanes)
+  shapes = list(dict.fromkeys(candidates(item, TARGETS["pocl"]) + candidates(item, TARGETS["nvidia"])))
+  if reduce_length(item): shapes += [KernelShape(group=g, local=g) for g in (2, 64)]   # grouped reduce, forced
+  for shape in shapes:
+    try: k = render_shape(item, shape, kernel_name(item))
     except NotVectorizable: continue
-    k = _kernel(item, r, grid, lines, kernel_name(item))
     kernel = cl.Kernel(dev.build(program_source([k])), k.name)
     buf = dev.alloc(k.out.nbytes)
     kernel.set_args(buf, *[n.buffer for n in k.loads])
     cl.enqueue_nd_range_kernel(dev.queue, kernel, k.global_size, k.local_size)
     got = dev.download(buf, k.out.shape, k.out.dtype).reshape(want.shape)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{case} tiles={tiles} width={width} reduce_lanes={reduce_lanes}")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{case} {shape}")
     tried += 1
-    vector += width > 1
+    vector += shape.width > 1
   assert tried >= 2 and vector >= 1, (tried, vector)

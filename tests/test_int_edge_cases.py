@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 from compiled.device import default_device
 from edgeml import Tensor
-from edgeml.codegen import NotVectorizable, _kernel, _render_tiled, kernel_name, program_source, variants
+from edgeml.codegen import NotVectorizable, kernel_name, program_source, render_shape
+from edgeml.opt import cpu_shapes
 from edgeml.onnx import OnnxModel
 from edgeml.realize import realize
 from edgeml.schedule import schedule
@@ -222,15 +223,14 @@ def _every_variant(out: Tensor, want: np.ndarray) -> int:
   realize([it.out for it in items[:-1]])
   item = schedule([out.node])[-1]
   dev, lanes = default_device(), 0
-  for tiles, width, reduce_lanes in variants(item):
-    try: r, grid, lines = _render_tiled(item, tiles, width, reduce_lanes)
+  for shape in cpu_shapes(item):
+    try: k = render_shape(item, shape, kernel_name(item))
     except NotVectorizable: continue
-    k = _kernel(item, r, grid, lines, kernel_name(item))
     buf = dev.alloc(k.out.nbytes)
     cl.Kernel(dev.build(program_source([k])), k.name)(dev.queue, k.global_size, k.local_size, buf, *[n.buffer for n in k.loads])
     got = dev.download(buf, k.out.shape, k.out.dtype).reshape(want.shape)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"tiles={tiles} width={width} reduce_lanes={reduce_lanes}")
-    lanes += width > 1
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{shape}")
+    lanes += shape.width > 1
   return lanes
 
 
