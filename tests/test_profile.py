@@ -1,4 +1,5 @@
-"""The artifact tools on a compiled drive model. edgeml-profile: the table lists every kernel once, and the trace is
+"""The artifact tools on a compiled drive model. edgeml-profile: the table lists every kernel once with its % of roofline
+(checked on known counts), host time is wall minus device time, and the trace is
 valid Chrome JSON with one slice per kernel per run. edgeml-validate passes the artifact against onnxruntime. A bad file
 or a mismatched model is one line naming it (inspect, profile, validate), not a traceback."""
 import json
@@ -7,6 +8,7 @@ from collections import Counter
 import pytest
 
 import compiled
+from compiled import roofline
 from edgeml.demo_model import build_small
 from tools import profile_artifact as profile
 from tools.compile import compile_model
@@ -27,7 +29,8 @@ def test_table_and_trace(artifact, tmp_path, capsys):
   kernels = [k.name for k in compiled.load(artifact).kernels]
   rows = [line.split()[0] for line in printed.splitlines() if line.split() and line.split()[0] in kernels]
   assert sorted(rows) == sorted(kernels)
-  assert "end to end" in printed and "p99" in printed
+  assert "end to end" in printed and "p99" in printed and "host time:" in printed
+  assert printed.count("<- worst") == 1 and "roofline: peak" in printed
   events = json.loads(trace.read_text())["traceEvents"]
   slices = [e for e in events if e["ph"] == "X"]
   assert Counter(e["name"] for e in slices) == Counter({name: runs for name in kernels})
@@ -46,6 +49,33 @@ def test_rows_sorted_by_time_with_shares():
   assert rows[0]["gflops"] == pytest.approx(20 / 3e-6 / 1e9)
   lines = profile.format_rows(rows, top=1)
   assert lines[1].startswith("b") and "1 more" in lines[2]
+
+
+def test_roofline_column_from_known_counts():
+  class K:
+    def __init__(self, name, flops, nbytes):
+      self.name, self.global_size, self.local_size, self.flops, self.bytes = name, (4,), None, flops, nbytes
+
+  # peaks 100 GFLOP/s and 10 GB/s: "mem" is bound by 1 MB (100 us), "alu" by 20 MFLOP (200 us), "idle" does nothing
+  class P: kernels = [K("mem", 1e3, 1e6), K("alu", 2e7, 1e3), K("idle", 0, 0)]
+  peaks = roofline.Peaks(100e9, 10e9)
+  rows = {r["name"]: r for r in profile.kernel_rows(P, [[400e-6, 250e-6, 50e-6]] * 3, peaks)}
+  assert rows["mem"]["bound"] == pytest.approx(100e-6) and rows["alu"]["bound"] == pytest.approx(200e-6)
+  assert rows["mem"]["roof"] == pytest.approx(0.25) and rows["alu"]["roof"] == pytest.approx(0.8)
+  assert rows["idle"]["roof"] == 0 and rows["mem"]["lost"] == pytest.approx(300e-6)
+  assert [r["worst"] for r in rows.values()] == [True, False, False]  # the most time lost, not the lowest percentage
+  by_roof = profile.kernel_rows(P, [[400e-6, 250e-6, 50e-6]], peaks, by="roofline")
+  assert [r["name"] for r in by_roof] == ["idle", "mem", "alu"]
+  lines = profile.format_rows(by_roof)
+  assert lines[0].split()[-1] == "roof" and lines[2].split()[-3:] == ["25.0%", "<-", "worst"]
+  assert lines[3].split()[-1] == "80.0%"
+  summary = profile.roofline_summary(peaks, by_roof)
+  assert "100.0 GFLOP/s, 10.0 GB/s" in summary[0] and "mem at 25.0% of roofline" in summary[1]
+
+
+def test_host_time_is_wall_minus_device_time():
+  line = profile.host_time([3e-3, 5e-3, 4e-3], [[1e-3, 1e-3], [2e-3, 2e-3], [1.5e-3, 1.5e-3]])
+  assert line.startswith("host time: 1.000 ms") and "device 3.000 ms" in line and "33.3%" in line
 
 
 def test_validate_passes_the_artifact_of_its_model(artifact, capsys):
