@@ -17,7 +17,13 @@ from ipc.rundir import UnsafePath
 from ipc.testing import Children, isolated_bus, read_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVICE = "heartbeat"
+PORTS = {"non_loopback": "robotState", "curve": "heartbeat", "idle": "roadCameraState", "flood": "wideRoadCameraState"}
+# each test on a port of its own, so that parallel test workers never meet (liveCalibration: test_ipc_messaging)
+
+
+def message(service, i):
+  kind = services.get_service(service).kind
+  return new_message(service, **{"heartbeat": {"pid": i}, "robotState": {"vEgo": i}, "cameraFrame": {"frameId": i}}[kind])
 
 
 @pytest.fixture(autouse=True)
@@ -28,12 +34,12 @@ def children(monkeypatch):
     yield start
 
 
-def publisher(host, monkeypatch):
+def publisher(service, host, monkeypatch):
   monkeypatch.setenv("EDGEML_BUS_HOST", host)
   try:
-    return PubMaster([SERVICE])
+    return PubMaster([service])
   except zmq.ZMQError as e:
-    pytest.skip(f"port {services.tcp_port(SERVICE)} is taken: {e}")
+    pytest.skip(f"port {services.tcp_port(service)} is taken: {e}")
 
 
 def keys(path, monkeypatch=None):
@@ -46,13 +52,14 @@ def keys(path, monkeypatch=None):
 
 
 def test_non_loopback_bind_needs_keys_or_insecure(monkeypatch):
+  service = PORTS["non_loopback"]
   for host in ("0.0.0.0", "10.1.2.3", "example.com"):
     monkeypatch.setenv("EDGEML_BUS_HOST", host)
     with pytest.raises(UnsafePath, match="refusing to publish on tcp://.*EDGEML_BUS_KEYS.*EDGEML_BUS_INSECURE=1"):
-      PubMaster([SERVICE])
+      PubMaster([service])
   assert transport.is_loopback("127.0.0.1") and transport.is_loopback("::1") and transport.is_loopback("localhost")
   monkeypatch.setenv("EDGEML_BUS_INSECURE", "1")
-  publisher("0.0.0.0", monkeypatch).close()
+  publisher(service, "0.0.0.0", monkeypatch).close()
 
 
 def test_key_directory_open_to_others_is_refused(monkeypatch, tmp_path):
@@ -60,41 +67,43 @@ def test_key_directory_open_to_others_is_refused(monkeypatch, tmp_path):
   os.chmod(tmp_path / "keys", 0o755)
   monkeypatch.setenv("EDGEML_BUS_HOST", "0.0.0.0")
   with pytest.raises(UnsafePath, match="mode 0755"):
-    PubMaster([SERVICE])
+    PubMaster([PORTS["non_loopback"]])
 
 
 def test_curve_bus_serves_key_holders_only(children, monkeypatch, tmp_path):
   keys(tmp_path / "keys", monkeypatch)
   other = keys(tmp_path / "other")  # a whole other key set: its client key is not among ours
-  with publisher("0.0.0.0", monkeypatch) as pm:
-    holder = children(__file__, "subscribe", str(tmp_path / "keys"))
-    plain = children(__file__, "subscribe", "")
-    stranger = children(__file__, "subscribe", str(other))
-    assert pm.wait_for_subscribers(SERVICE, 1, 10)
+  service = PORTS["curve"]
+  with publisher(service, "0.0.0.0", monkeypatch) as pm:
+    holder = children(__file__, "subscribe", service, str(tmp_path / "keys"))
+    plain = children(__file__, "subscribe", service, "")
+    stranger = children(__file__, "subscribe", service, str(other))
+    assert pm.wait_for_subscribers(service, 1, 10)
     for child in (holder, plain, stranger):
       child.expect("ready")
     for i in range(1, 31):  # 1.5 s of messages
-      pm.send(SERVICE, new_message(SERVICE, process="camerad", pid=i))
+      pm.send(service, message(service, i))
       time.sleep(0.05)
     counts = {}
     for name, child in (("holder", holder), ("plain", plain), ("stranger", stranger)):
       child.tell("count")
       counts[name] = int(child.expect("count").split()[1])
   assert counts["holder"] > 0 and counts["plain"] == 0 and counts["stranger"] == 0, counts
-  assert pm.subscriptions[SERVICE] == 1
+  assert pm.subscriptions[service] == 1
 
 
 def test_idle_connections_are_closed_and_do_not_lock_out_subscribers(children, monkeypatch, tmp_path):
   keys(tmp_path / "keys", monkeypatch)
-  with publisher("0.0.0.0", monkeypatch) as pm:
+  service = PORTS["idle"]
+  with publisher(service, "0.0.0.0", monkeypatch) as pm:
     idle = []
     for _ in range(200):
-      s = socket.create_connection(("127.0.0.1", services.tcp_port(SERVICE)), timeout=10)
+      s = socket.create_connection(("127.0.0.1", services.tcp_port(service)), timeout=10)
       idle.append(s)
-    sub = children(__file__, "subscribe", str(tmp_path / "keys"))
-    assert pm.wait_for_subscribers(SERVICE, 1, 10)
+    sub = children(__file__, "subscribe", service, str(tmp_path / "keys"))
+    assert pm.wait_for_subscribers(service, 1, 10)
     sub.expect("ready")
-    pm.send(SERVICE, new_message(SERVICE, process="camerad", pid=1))
+    pm.send(service, message(service, 1))
     sub.tell("count")
     assert int(sub.expect("count").split()[1]) == 1
     closed = 0
@@ -113,15 +122,16 @@ def test_a_flood_past_the_open_file_limit_does_not_lock_out_subscribers(children
   so a real subscriber arriving during the flood is served (within 20 s: zmq's default handshake time is 30 s)."""
   folder = keys(tmp_path / "keys", monkeypatch)
   monkeypatch.setenv("EDGEML_BUS_HOST", "0.0.0.0")
-  pub = children(__file__, "publish_limited", "64")
+  service = PORTS["flood"]
+  pub = children(__file__, "publish_limited", service, "64")
   pub.expect("ready")
   idle = []
   for _ in range(200):
     try:
-      idle.append(socket.create_connection(("127.0.0.1", services.tcp_port(SERVICE)), timeout=0.5))
+      idle.append(socket.create_connection(("127.0.0.1", services.tcp_port(service)), timeout=0.5))
     except OSError:
       break  # the listen backlog is full too
-  sub = children(__file__, "subscribe", str(folder))
+  sub = children(__file__, "subscribe", service, str(folder))
   sub.expect("ready")
   deadline, count = time.monotonic() + 20, 0
   while count == 0 and time.monotonic() < deadline:
@@ -134,36 +144,36 @@ def test_a_flood_past_the_open_file_limit_does_not_lock_out_subscribers(children
 
 # --- children ---
 
-def publish_limited(files):
-  """Publish SERVICE at 20 Hz with at most `files` open files (soft and hard), until stdin closes."""
+def publish_limited(service, files):
+  """Publish `service` at 20 Hz with at most `files` open files (soft and hard), until stdin closes."""
   import resource
   resource.setrlimit(resource.RLIMIT_NOFILE, (int(files), int(files)))
-  pm = PubMaster([SERVICE])
+  pm = PubMaster([service])
   print("ready", flush=True)
   i = 0
   while True:
     i += 1
-    pm.send(SERVICE, new_message(SERVICE, process="camerad", pid=i))
+    pm.send(service, message(service, i))
     read_command(0.05)
 
-def subscribe(folder):
-  """Subscribe to SERVICE over TCP with EDGEML_BUS_KEYS=folder (none if empty); on 'count', print how many valid
+def subscribe(service, folder):
+  """Subscribe to `service` over TCP with EDGEML_BUS_KEYS=folder (none if empty); on 'count', print how many valid
   messages arrived so far."""
   if folder:
     os.environ["EDGEML_BUS_KEYS"] = folder
   else:
     os.environ.pop("EDGEML_BUS_KEYS", None)
   from ipc.messaging import SubMaster
-  sm = SubMaster([SERVICE], conflate=False)
+  sm = SubMaster([service], conflate=False)
   print("ready", flush=True)
   count = 0
   while True:
     sm.update(20)
-    count += sm.updated[SERVICE]
+    count += sm.updated[service]
     if read_command(0.01) == "count":
       for _ in range(10):
         sm.update(20)
-        count += sm.updated[SERVICE]
+        count += sm.updated[service]
       print(f"count {count}", flush=True)
 
 
