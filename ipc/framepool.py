@@ -126,7 +126,8 @@ class Pool:
     if magic != MAGIC or version != VERSION or fmt not in FORMATS.values():
       raise ValueError(f"{path}: not an edgeml frame pool of version {VERSION}")
     if not (MIN_BUFFERS <= buffers <= MAX_BUFFERS and 0 < width <= stride and height > 0):
-      raise ValueError(f"{path}: the header's layout is impossible ({width}x{height}, stride {stride}, {buffers} buffers)")
+      raise ValueError(f"{path}: the header's layout is impossible "
+                       f"({width}x{height}, stride {stride}, {buffers} buffers)")
     self.layout = Layout(width, height, stride, buffers)
     if buffer_bytes != self.layout.buffer_bytes or size != self.layout.file_bytes:
       raise ValueError(f"{path}: header does not match the file size")

@@ -32,7 +32,8 @@ def children():
 def samples():
   """One valid message of each kind (with text, lists, data and nested structs to break)."""
   output = new_message("modelOutput", frameId=3)
-  set_outputs(output.modelOutput, {"plan": np.arange(6, dtype=np.float32).reshape(2, 3), "lead": np.ones(2, np.float32)})
+  set_outputs(output.modelOutput, {"plan": np.arange(6, dtype=np.float32).reshape(2, 3),
+                                   "lead": np.ones(2, np.float32)})
   return {"robotState": new_message("robotState", vEgo=1.5, standstill=True).to_bytes(),
           "liveCalibration": new_message("liveCalibration", warpMatrix=list(range(9))).to_bytes(),
           "roadCameraState": new_message("roadCameraState", camera="road", pool="edgeml-x-road-0123456789abcdef",
@@ -185,7 +186,8 @@ def _notice_ok(data):
 
 
 def _forged(server, rng):
-  """Notices that parse but name nothing: another pool id, a buffer past the pool, a sequence the buffer does not hold."""
+  """Notices that parse but name nothing: another pool id, a buffer past the pool, a sequence the buffer does not
+  hold."""
   base = dict(camera="road", pool="x", frameId=10 ** 6, bufferIndex=server.index, bufferSeq=server.seq)
   yield new_message(server.service, **{**base, "poolId": rng.getrandbits(64)})
   yield new_message(server.service, **{**base, "poolId": server.pool.pool_id, "bufferIndex": 4 + rng.randrange(9)})

@@ -23,7 +23,8 @@ PORTS = {"non_loopback": "robotState", "curve": "heartbeat", "idle": "roadCamera
 
 def message(service, i):
   kind = services.get_service(service).kind
-  return new_message(service, **{"heartbeat": {"pid": i}, "robotState": {"vEgo": i}, "cameraFrame": {"frameId": i}}[kind])
+  fields = {"heartbeat": {"pid": i}, "robotState": {"vEgo": i}, "cameraFrame": {"frameId": i}}[kind]
+  return new_message(service, **fields)
 
 
 @pytest.fixture(autouse=True)
