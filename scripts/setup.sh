@@ -8,7 +8,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_updated=""
 apt_install() {
   [ -n "$apt_updated" ] || { as_root apt-get update -q >/dev/null; apt_updated=1; }
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  local log   # apt's notes (debconf) only when the install fails
+  log=$(as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" 2>&1 >/dev/null) || { echo "$log" >&2; return 1; }
 }
 
 if [ ! -x .venv/bin/python ]; then
