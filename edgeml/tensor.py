@@ -152,8 +152,8 @@ class Tensor:
   def square(self) -> Tensor: return self * self
 
   def add(self, other, reverse=False) -> Tensor:
-    if isinstance(other, Tensor) and BOOL == self.dtype == other.dtype: return self.logical_or(other)
-    return self._binary(Op.ADD, other, reverse)
+    x, y = self._broadcast(other, reverse)
+    return x.logical_or(y) if x.dtype == BOOL else x._op(Op.ADD, y)   # bool + bool is or in numpy, never 2
   def sub(self, other, reverse=False) -> Tensor:
     x, y = self._broadcast(other, reverse)
     return x + (-y)

@@ -156,6 +156,13 @@ def test_bool_casts():
     same(Tensor(b).cast(dtype), b.astype(dtype))
 
 
+def test_bool_plus_bool_is_or():
+  """Bools are stored as uchar 0/1: a plain add would make 2, which then compares unequal to True."""
+  b = np.array([True, False, True])
+  same((Tensor(b) + True).eq(True), (b + True) == True)
+  same((Tensor(b) + Tensor(b)).eq(Tensor(b)), (b + b) == b)
+
+
 @pytest.mark.parametrize("dtype,amounts", [(np.uint8, [0, 1, 7, 8, 9, 255]), (np.uint32, [0, 1, 31, 32, 33, 200]),
                                            (np.int32, [0, 1, 31, 32, 40, -1]), (np.int8, [0, 3, 7, 8, 100, -3])])
 def test_shifts_including_amounts_past_the_bit_width(dtype, amounts):
