@@ -274,7 +274,20 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
     if b.kind == "output" and i not in written: fail(f"buffer {i} (output) is written by no kernel")
     if b.kind in ("weights", "image") and i not in read: fail(f"buffer {i} ({b.kind}) is read by no kernel")
     if b.kind == "arena" and not (i in written and i in read): fail(f"buffer {i} (arena) is not written and then read")
-  for n, k in enumerate(spec.kernels): _validate_bytes(spec, k, f"kernel {n} ({k.name!r})", fail)
+  for n, k in enumerate(spec.kernels):
+    _validate_reads(spec, k, declared[k.name], f"kernel {n} ({k.name!r})", fail)
+    _validate_bytes(spec, k, f"kernel {n} ({k.name!r})", fail)
+
+
+def _validate_reads(spec: ProgramSpec, k: KernelSpec, decl, what: str, fail) -> None:
+  """Every buffer a kernel reads holds at least the elements its unconditional reads reach (compiled/kernelsig.py)."""
+  for j, ((kind, value), p) in enumerate(zip(k.args, decl.params)):
+    if kind != "buffer" or p.kind != "buffer" or p.writes: continue
+    extent = decl.read_extent(j, tuple(k.global_size))
+    elements = spec.buffers[value].nbytes // ELEMENT_BYTES[p.ctype]
+    if extent is not None and extent > elements:
+      fail(f"{what} argument {j} ({p.name!r}) reads {p.ctype} element {extent - 1} of buffer {value}, which holds "
+           f"{elements}")
 
 
 def _covers(stored: np.ndarray, elements: int) -> bool:
@@ -325,6 +338,7 @@ def _validate_launch(spec: ProgramSpec, k: KernelSpec, decl, out: int, what: str
   stores = decl.stores_per_item()
   guard = decl.guard_x()
   items = min(g[0], guard if guard is not None else g[0]) * math.prod(g[1:])
+  if decl.stores_once_per_group() and loc: items //= loc[0]
   if items * stores != elements:
     fail(f"{what} global size {list(g)} stores {items} x {stores} elements of {p.name!r}, but buffer {out} holds "
          f"{elements} {p.ctype}")

@@ -1,6 +1,7 @@
 """What each kernel of an OpenCL program source declares, read from its text: parameter kinds, its required work-group
-size, its guard on the first global id, how many elements of its output one work item stores, and (where every store
-index is plain integer arithmetic of the global ids) which elements a launch stores.
+size, its guard on the first global id, how many elements of its output one work item stores, (where every store
+index is plain integer arithmetic of the global ids) which elements a launch stores, and how far its unconditional
+reads reach (the largest index of every read that is not behind a condition, over the launch and the loop ranges).
 
 The loader checks an artifact's kernel arguments and launch sizes against these (compiled/artifact.py validate). It
 understands the fixed forms the compiler generates (edgeml/codegen.py) and plain hand-written kernels:
@@ -9,6 +10,7 @@ understands the fixed forms the compiler generates (edgeml/codegen.py) and plain
     PARAM: [const] __global [const] T [*] [restrict] NAME | read_only image2d_t NAME | int NAME | float NAME
     stores: NAME[...] = v;   vstore_half(v, i, NAME);   vstoreN(v, 0, NAME + i);
     guard:  int gx = get_global_id(0) ... if (gx >= N) return;
+    grouped: int lid = get_local_id(0) ... if (lid == 0) { stores }   (one work item per group stores)
 """
 import ast
 import functools
@@ -24,7 +26,7 @@ _WORDS = re.compile(r"[A-Za-z_]\w*|\*")
 _KERNEL = re.compile(r"\b(?:__)?kernel\s+((?:__attribute__\s*\(\([^;{]*?\)\)\s*)*)void\s+([A-Za-z_]\w*)\s*\(([^)]*)\)\s*\{")
 _REQD = re.compile(r"reqd_work_group_size\s*\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
-_GLOBAL_ID = re.compile(r"\b([A-Za-z_]\w*)\s*=\s*get_global_id\s*\(\s*([012])\s*\)")
+_FOR = re.compile(r"for\s*\(\s*int\s+([A-Za-z_]\w*)\s*=\s*0\s*;\s*\1\s*<\s*(\d+)\s*;\s*\1\s*\+\+\s*\)\s*$")
 MAX_EVALUATED = 1 << 22  # stored elements enumerated per kernel at most; larger launches are only counted
 
 
@@ -55,9 +57,45 @@ class KernelDecl:
 
   def guard_x(self) -> int | None:
     """N when the body returns for work items with get_global_id(0) >= N (the compiler's padded launches)."""
-    if not re.search(r"\bint\s+gx\s*=\s*get_global_id\s*\(\s*0\s*\)", self.body): return None
+    return self._guard
+
+  @functools.cached_property
+  def _guard(self) -> int | None:
+    if self._ids.get("gx") != 0: return None
     m = re.search(r"\bif\s*\(\s*gx\s*>=\s*(\d+)\s*\)\s*return\s*;", self.body)
     return int(m.group(1)) if m else None
+
+  @functools.cached_property
+  def _ids(self) -> dict[str, int]:
+    """{variable: dimension} of every `NAME = get_global_id(D)` in the body."""
+    out = {}
+    for m in re.finditer(r"get_global_id\s*\(\s*([012])\s*\)", self.body):
+      name = re.search(r"([A-Za-z_]\w*)\s*=\s*$", self.body[max(0, m.start() - 64):m.start()])
+      if name: out[name.group(1)] = int(m.group(1))
+    return out
+
+  @functools.cached_property
+  def _returns_only_at_guard(self) -> bool:
+    return len(re.findall(r"\breturn\b", self.body)) == (self._guard is not None)
+
+  @functools.cached_property
+  def _reads(self) -> dict[str, list[tuple[int, str, int]]]:
+    """{parameter name: [(position, index expression, elements)]} of the reads the loader understands."""
+    out: dict[str, list] = {}
+    for m in re.finditer(r"(?<![\w.>])([A-Za-z_]\w*)\s*\[([^\]\[;]*)\]", self.body):
+      out.setdefault(m.group(1), []).append((m.start(), m.group(2), 1))
+    for m in re.finditer(r"\bvload_half\s*\(([^;,()]*),\s*([A-Za-z_]\w*)\s*\)", self.body):
+      out.setdefault(m.group(2), []).append((m.start(), m.group(1), 1))
+    for m in re.finditer(r"\bvload(\d+)\s*\(\s*0\s*,\s*([A-Za-z_]\w*)\s*\+([^;]*?)\)\s*[;:)]", self.body):
+      out.setdefault(m.group(2), []).append((m.start(), m.group(3), int(m.group(1))))
+    return out
+
+  def stores_once_per_group(self) -> bool:
+    """Whether only the first work item of each work-group (along dimension 0) stores: the compiler's grouped
+    reduces, `int lid = get_local_id(0)` with every store under `if (lid == 0) {`."""
+    if not re.search(r"\bint\s+lid\s*=\s*get_local_id\s*\(\s*0\s*\)", self.body): return False
+    m = re.search(r"\bif\s*\(\s*lid\s*==\s*0\s*\)\s*\{", self.body)
+    return m is not None and all(at > m.start() for at, _, _ in self._stores)
 
   @functools.cached_property
   def _stores(self) -> list[tuple[int, str | None, int]]:
@@ -80,9 +118,8 @@ class KernelDecl:
     """Every element index of the output the launch stores (one entry per store), or None when the loader cannot tell:
     a store index that is not integer arithmetic of the global ids, a store inside a loop or a condition, a return
     other than the guard, or more than MAX_EVALUATED elements."""
-    ids = {m.group(1): int(m.group(2)) for m in _GLOBAL_ID.finditer(self.body)}
-    guard = self.guard_x()
-    if len(re.findall(r"\breturn\b", self.body)) != (guard is not None): return None
+    ids, guard = self._ids, self._guard
+    if not self._returns_only_at_guard: return None
     sizes = [min(g, guard) if d == 0 and guard is not None else g for d, g in enumerate(global_size)]
     stores = self._stores
     if not stores or np.prod(sizes, dtype=np.float64) * sum(n for *_, n in stores) > MAX_EVALUATED: return None
@@ -96,6 +133,87 @@ class KernelDecl:
       except (SyntaxError, ValueError, ZeroDivisionError): return None
       out += [index + k for k in range(n)]
     return np.concatenate(out)
+
+
+  def read_extent(self, param: int, global_size: tuple[int, ...]) -> int | None:
+    """Elements of parameter `param` the kernel surely reads: one past the largest index of its reads that run
+    unconditionally (not behind ?:, if, or a loop the loader cannot read), over the launch and every loop iteration;
+    None when there is no such read."""
+    ids, guard = self._ids, self._guard
+    if not self._returns_only_at_guard: return None
+    ranges = {v: (min(global_size[d], guard) if d == 0 and guard is not None else global_size[d]) if d < len(global_size)
+              else 1 for v, d in ids.items()}
+    reach: dict[tuple, int] = {}   # (index expression less a trailing constant, variables) -> largest constant + width
+    for at, expr, width in self._reads.get(self.params[param].name, ()):
+      loops = self._loops_around(at)
+      if loops is None: continue
+      m = re.fullmatch(r"(.*?)\s*([+-]\s*\d+)?\s*", expr)
+      key = (m.group(1) or "0", tuple(sorted({**ranges, **loops}.items())))
+      reach[key] = max(reach.get(key, -2**62), int(m.group(2).replace(" ", "") if m.group(2) else 0) + width)
+    tops = [(_max_over(*key), more) for key, more in reach.items()]
+    return max((top + more for top, more in tops if top is not None), default=None)
+
+  def _loops_around(self, at: int) -> dict[str, int] | None:
+    """{loop variable: trip count} of the blocks around position `at` when every one is a plain counted loop and
+    the statement at `at` runs unconditionally inside them; else None."""
+    start = max(self.body.rfind(c, 0, at) for c in ";{}") + 1
+    end = self.body.find(";", at)
+    statement = self.body[start:end if end >= 0 else len(self.body)]
+    if "?" in statement or statement.count("(") != statement.count(")") or \
+        re.search(r"\b(if|for|while|else|do|switch|return)\b", statement): return None
+    loops, depth = {}, 0
+    for opening in self._blocks:
+      o, c, header = opening
+      if o < at < c:
+        m = _FOR.search(header)
+        if m is None: return None
+        loops[m.group(1)] = int(m.group(2))
+    return loops
+
+  @functools.cached_property
+  def _blocks(self) -> list[tuple[int, int, str]]:
+    """(opening brace, closing brace, up to 200 characters before the opening brace) of every block."""
+    out, stack = [], []
+    for m in _BRACE.finditer(self.body):
+      if m.group() == "{":   # a for header holds semicolons: keep the text just before the brace
+        stack.append((m.start(), self.body[max(0, m.start() - 200):m.start()]))
+      elif stack:
+        o, header = stack.pop()
+        out.append((o, m.start(), header))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _max_over(expr: str, variables: tuple[tuple[str, int], ...]) -> int | None:
+  """The largest value of integer expression `expr` when each variable takes every value in range(n) of its
+  (name, n): terms of the top-level sum that share no variable are maximized apart. None when it is not such an
+  expression."""
+  ranges = dict(variables)
+  try: tree = ast.parse(expr.strip(), mode="eval").body
+  except SyntaxError: return None
+  terms = []
+  def flatten(node, sign):
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+      flatten(node.left, sign)
+      flatten(node.right, sign if isinstance(node.op, ast.Add) else -sign)
+    else: terms.append((sign, node, {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}))
+  flatten(tree, 1)
+  if any(not names <= ranges.keys() or any(ranges[v] < 1 for v in names) for _, _, names in terms): return None
+  groups: list[tuple[set, list]] = []
+  for sign, node, names in terms:   # terms sharing a variable are evaluated together
+    joined = [g for g in groups if g[0] & names]
+    merged = (set(names).union(*(g[0] for g in joined)), [(sign, node)] + [t for g in joined for t in g[1]])
+    groups = [g for g in groups if not g[0] & names] + [merged]
+  total = 0
+  for names, group_terms in groups:
+    names = sorted(names)
+    if np.prod([ranges[v] for v in names], dtype=np.float64) > MAX_EVALUATED: return None
+    env = {v: np.arange(ranges[v], dtype=np.int64).reshape([-1 if a == i else 1 for a in range(len(names))])
+           for i, v in enumerate(names)}
+    try: value = sum(sign * _evaluate(node, env) for sign, node in group_terms)
+    except (ValueError, ZeroDivisionError): return None
+    total += int(np.max(value))
+  return total
 
 
 def _split_args(text: str) -> list[str]:
