@@ -117,15 +117,19 @@ def sub_socket(service: str, conflate: bool = True) -> zmq.Socket:
   Keep-latest (conflate) is the reader's part, the socket is the same: SubMaster and FrameClient drain it on
   every read; a plain recv() reads it as a queue."""
   info = get_service(service)
-  sock = zmq.Context.instance().socket(zmq.SUB)
-  sock.setsockopt(zmq.LINGER, 0)
-  sock.setsockopt(zmq.RCVHWM, info.hwm)
-  sock.setsockopt(zmq.MAXMSGSIZE, info.max_bytes + FRAMING_SLACK)
-  sock.setsockopt(zmq.SUBSCRIBE, b"")
   address = _ipc_ready(service)
-  if address.startswith("tcp://"):
-    secure_subscriber(sock)
-  sock.connect(address)
+  sock = zmq.Context.instance().socket(zmq.SUB)
+  try:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, info.hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, info.max_bytes + FRAMING_SLACK)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    if address.startswith("tcp://"):
+      secure_subscriber(sock)
+    sock.connect(address)
+  except BaseException:
+    sock.close()
+    raise
   return sock
 
 
@@ -231,7 +235,13 @@ class SubMaster:
     if poll is not None and poll not in self.services:
       raise ValueError(f"poll service {poll!r} is not among {self.services}")
     self.poll, self.conflate = poll, conflate
-    self.sockets = {name: sub_socket(name) for name in self.services}
+    self.sockets = {}
+    try:
+      for name in self.services:
+        self.sockets[name] = sub_socket(name)
+    except BaseException:
+      self.close()
+      raise
     self.names = {sock: name for name, sock in self.sockets.items()}
     self.limits = {name: drain_limit(name) for name in self.services}
     self.poll_items = [(sock, zmq.POLLIN) for sock in self.sockets.values()]
