@@ -281,9 +281,10 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
 
 def _validate_reads(spec: ProgramSpec, k: KernelSpec, decl, what: str, fail) -> None:
   """Every buffer a kernel reads holds at least the elements its unconditional reads reach (compiled/kernelsig.py)."""
+  scalars = {p.name: v for (kind, v), p in zip(k.args, decl.params) if kind == "int32"}
   for j, ((kind, value), p) in enumerate(zip(k.args, decl.params)):
     if kind != "buffer" or p.kind != "buffer" or p.writes: continue
-    extent = decl.read_extent(j, tuple(k.global_size))
+    extent = decl.read_extent(j, tuple(k.global_size), scalars)
     elements = spec.buffers[value].nbytes // ELEMENT_BYTES[p.ctype]
     if extent is not None and extent > elements:
       fail(f"{what} argument {j} ({p.name!r}) reads {p.ctype} element {extent - 1} of buffer {value}, which holds "

@@ -26,7 +26,9 @@ _WORDS = re.compile(r"[A-Za-z_]\w*|\*")
 _KERNEL = re.compile(r"\b(?:__)?kernel\s+((?:__attribute__\s*\(\([^;{]*?\)\)\s*)*)void\s+([A-Za-z_]\w*)\s*\(([^)]*)\)\s*\{")
 _REQD = re.compile(r"reqd_work_group_size\s*\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
-_FOR = re.compile(r"for\s*\(\s*int\s+([A-Za-z_]\w*)\s*=\s*0\s*;\s*\1\s*<\s*(\d+)\s*;\s*\1\s*\+\+\s*\)\s*$")
+_FOR_HEAD = r"for\s*\(\s*int\s+([A-Za-z_]\w*)\s*=\s*0\s*;\s*\1\s*<\s*(\w+)\s*;\s*\1\s*\+\+\s*\)"  # bound: literal or int arg
+_FOR = re.compile(_FOR_HEAD + r"\s*$")
+_FOR_STATEMENT = re.compile(_FOR_HEAD + r"([^;{}]*)$")   # a loop whose body is the one statement that follows
 MAX_EVALUATED = 1 << 22  # stored elements enumerated per kernel at most; larger launches are only counted
 
 
@@ -135,39 +137,46 @@ class KernelDecl:
     return np.concatenate(out)
 
 
-  def read_extent(self, param: int, global_size: tuple[int, ...]) -> int | None:
+  def read_extent(self, param: int, global_size: tuple[int, ...], scalars: dict[str, int] | None = None) -> int | None:
     """Elements of parameter `param` the kernel surely reads: one past the largest index of its reads that run
     unconditionally (not behind ?:, if, or a loop the loader cannot read), over the launch and every loop iteration;
-    None when there is no such read."""
+    None when there is no such read. `scalars`: the int arguments by parameter name (loop bounds)."""
     ids, guard = self._ids, self._guard
     if not self._returns_only_at_guard: return None
     ranges = {v: (min(global_size[d], guard) if d == 0 and guard is not None else global_size[d]) if d < len(global_size)
               else 1 for v, d in ids.items()}
     reach: dict[tuple, int] = {}   # (index expression less a trailing constant, variables) -> largest constant + width
     for at, expr, width in self._reads.get(self.params[param].name, ()):
-      loops = self._loops_around(at)
+      loops = self._loops_around(at, scalars or {})
       if loops is None: continue
+      for name, value in (scalars or {}).items():   # int arguments are constants of the launch
+        expr = re.sub(rf"\b{re.escape(name)}\b", f"({value})", expr)
       m = re.fullmatch(r"(.*?)\s*([+-]\s*\d+)?\s*", expr)
       key = (m.group(1) or "0", tuple(sorted({**ranges, **loops}.items())))
       reach[key] = max(reach.get(key, -2**62), int(m.group(2).replace(" ", "") if m.group(2) else 0) + width)
     tops = [(_max_over(*key), more) for key, more in reach.items()]
     return max((top + more for top, more in tops if top is not None), default=None)
 
-  def _loops_around(self, at: int) -> dict[str, int] | None:
-    """{loop variable: trip count} of the blocks around position `at` when every one is a plain counted loop and
-    the statement at `at` runs unconditionally inside them; else None."""
-    start = max(self.body.rfind(c, 0, at) for c in ";{}") + 1
+  def _loops_around(self, at: int, scalars: dict[str, int]) -> dict[str, int] | None:
+    """{loop variable: trip count} of the loops around position `at` when every block around it is a plain counted
+    loop (a literal bound or an int argument) and the statement at `at` runs unconditionally inside them; else None."""
+    def bound(text: str) -> int | None:
+      return int(text) if text.isdigit() else scalars.get(text)
+    loops = {}
     end = self.body.find(";", at)
+    start = max(self.body.rfind(c, 0, at) for c in ";{}") + 1
+    lone = _FOR_STATEMENT.search(self.body, max(0, at - 200), at)
+    if lone and lone.start() < start:   # for (...) STATEMENT: the statement starts after the header
+      if bound(lone.group(2)) is None: return None
+      loops[lone.group(1)], start = bound(lone.group(2)), lone.start(3)
     statement = self.body[start:end if end >= 0 else len(self.body)]
     if "?" in statement or statement.count("(") != statement.count(")") or \
         re.search(r"\b(if|for|while|else|do|switch|return)\b", statement): return None
-    loops, depth = {}, 0
-    for opening in self._blocks:
-      o, c, header = opening
+    for o, c, header in self._blocks:
       if o < at < c:
         m = _FOR.search(header)
-        if m is None: return None
-        loops[m.group(1)] = int(m.group(2))
+        if m is None or bound(m.group(2)) is None: return None
+        loops[m.group(1)] = bound(m.group(2))
     return loops
 
   @functools.cached_property
