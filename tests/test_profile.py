@@ -1,7 +1,7 @@
-"""The artifact tools on a compiled drive model. edgeml-profile: the table lists every kernel once with its % of roofline
-(checked on known counts), host time is wall minus device time, and the trace is
-valid Chrome JSON with one slice per kernel per run. edgeml-validate passes the artifact against onnxruntime. A bad file
-or a mismatched model is one line naming it (inspect, profile, validate), not a traceback."""
+"""The artifact tools on a compiled drive model. edgeml-profile: the table lists every kernel once with its % of
+roofline (checked on known counts), host time is wall minus device time, and the trace is valid Chrome JSON with one
+slice per kernel per run. edgeml-validate passes the artifact against onnxruntime. A bad file or a mismatched model is
+one line naming it (inspect, profile, validate), not a traceback."""
 import json
 from collections import Counter
 

@@ -19,7 +19,7 @@ def test_measured_peaks_are_positive_and_finite():
 
 def test_benchmark_kernels_compute_what_they_count():
   dev = default_device()
-  program, n, iters, b, c = dev.build(roofline.SOURCE), 64, 5, np.float32(0.999), np.float32(0.001)
+  program, n, iters, b, c = dev.build(roofline.SOURCE, roofline.OPTIONS), 64, 5, np.float32(0.999), np.float32(0.001)
   out = cl.Buffer(dev.ctx, cl.mem_flags.WRITE_ONLY, n * 4)
   cl.Kernel(program, "fma_peak")(dev.queue, (n,), None, out, b, c, np.int32(iters))
   got = np.empty(n, np.float32)
@@ -34,6 +34,13 @@ def test_benchmark_kernels_compute_what_they_count():
   cl.Kernel(program, "copy_peak")(dev.queue, (src.size // 4,), None, *bufs)
   cl.enqueue_copy(dev.queue, dst, bufs[0])
   np.testing.assert_array_equal(dst, src)
+
+  flag = np.full(1, 7, np.float32)  # the read kernel writes only where a float4 sums to -1: here the 3rd one
+  src[8:12] = [-4, 1, 1, 1]
+  bufs = [cl.Buffer(dev.ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=h) for h in (flag, src)]
+  cl.Kernel(program, "read_peak")(dev.queue, (src.size // 4,), None, *bufs)
+  cl.enqueue_copy(dev.queue, flag, bufs[0])
+  assert flag[0] == -4
 
 
 def test_roofline_arithmetic():
@@ -52,7 +59,7 @@ def cache(tmp_path, monkeypatch):
   monkeypatch.setattr(roofline, "cache_dir", lambda: str(tmp_path))
   monkeypatch.setattr(roofline, "cache_writable", lambda: True)
   calls = []
-  def fake_measure(device, budget=0.25):
+  def fake_measure(device, budget=0.2):
     calls.append(device)
     return roofline.Peaks(*[(50e9, 5e9), (40e9, 8e9)][min(len(calls) - 1, 1)])
   monkeypatch.setattr(roofline, "measure", fake_measure)

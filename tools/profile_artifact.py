@@ -88,8 +88,8 @@ def percentiles(seconds) -> str:
 def roofline_summary(peaks: roofline.Peaks, rows: list[dict], k: int = 3) -> list[str]:
   """The peaks, and the `k` kernels that lose the most time against their roofline."""
   total = max(sum(r["seconds"] for r in rows), 1e-12)
-  lines = [f"roofline: peak {peaks.flops / 1e9:.1f} GFLOP/s, {peaks.bandwidth / 1e9:.1f} GB/s (measured on this device; "
-           f"kernels at their roofline would take {sum(r['bound'] for r in rows) * 1e6:.1f} us of "
+  lines = [f"roofline: peak {peaks.flops / 1e9:.1f} GFLOP/s, {peaks.bandwidth / 1e9:.1f} GB/s (measured on this "
+           f"device; kernels at their roofline would take {sum(r['bound'] for r in rows) * 1e6:.1f} us of "
            f"{total * 1e6:.1f} us)"]
   for r in sorted(rows, key=lambda r: -r["lost"])[:k]:
     lines.append(f"  loses {r['lost'] * 1e6:8.1f} us ({r['lost'] / total:5.1%} of device time): {r['name']} at "
