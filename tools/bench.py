@@ -7,8 +7,9 @@ The models are the ones given, else every model in ../shared/models when that fo
 project's demo driving model (edgeml/demo_model.py). Each is compiled by edgeml-compile (with --tune unless --no-tune:
 kernel variants timed on this device, cached). Columns: the edgeml artifact's kernel count; edgeml's run() time and
 onnxruntime's, median / p90 in ms; their ratio (edgeml / onnxruntime, lower is better); edgeml's host time per run,
-run() wall minus the kernels' device time, as a share of the device time. A tinygrad column (same OpenCL device, in a
-child process) appears only where tinygrad is installed (`pip install -e .[bench]`).
+run() wall minus the kernels' device time, and as a share of the device time; and the CPU time run()'s thread used
+(the runtime's own work: on a loaded machine the host time also holds the waits for a core). A tinygrad column (same
+OpenCL device, in a child process) appears only where tinygrad is installed (`pip install -e .[bench]`).
 """
 import argparse
 import importlib.util
@@ -59,7 +60,7 @@ def feeds_for(model_path: Path, specs) -> dict:
 
 def alternate(runners: dict, runs: int, block: int, warmup: int = 3) -> dict:
   """{name: [seconds per run]}: `runs` timed runs of each runner, in blocks of `block` taking turns. A runner returns
-  None or extra seconds to record under NAME + "_device" (edgeml: the kernels' device time of that run)."""
+  None or {key: value} of its own measures of that run, recorded under NAME_KEY (edgeml: device and host CPU time)."""
   for fn in runners.values():
     for _ in range(warmup): fn()
   times = {name: [] for name in runners}
@@ -69,7 +70,7 @@ def alternate(runners: dict, runs: int, block: int, warmup: int = 3) -> dict:
         start = time.perf_counter()
         extra = fn()
         times[name].append(time.perf_counter() - start)
-        if extra is not None: times.setdefault(name + "_device", []).append(extra)
+        for key, value in (extra or {}).items(): times.setdefault(f"{name}_{key}", []).append(value)
   return times
 
 
@@ -112,9 +113,10 @@ def bench_model(model: Path, args, out_dir: str, with_tinygrad: bool) -> dict:
   session = onnxruntime.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
   print(f"timing {model.name}: edgeml and onnxruntime, {args.runs} runs each in blocks of {args.block} ...",
         file=sys.stderr, flush=True)
-  def edgeml() -> float:
+  def edgeml() -> dict:
+    cpu = time.thread_time()
     prog.run(feeds)
-    return prog.last_gpu_time
+    return {"cpu": time.thread_time() - cpu, "device": prog.last_gpu_time}
   def ort() -> None: session.run(None, feeds)
   row = alternate({"edgeml": edgeml, "ort": ort}, args.runs, args.block)
   row["kernels"] = len(prog.kernels)
@@ -142,13 +144,20 @@ def host_share(row: dict) -> str:
   return f"{np.median(wall - device) * 1e3:.2f} ms = {np.median(wall - device) / max(np.median(device), 1e-12):.0%}"
 
 
+def host_cpu(row: dict) -> str:
+  """The CPU time run()'s thread itself used (its own work, without the waiting that machine load adds)."""
+  cpu, device = np.median(row["edgeml_cpu"]), np.median(row["edgeml_device"])
+  return f"{cpu * 1e3:.2f} ms = {cpu / max(device, 1e-12):.0%}"
+
+
 def table(rows: dict, with_tinygrad: bool) -> list[str]:
-  """The table as lines: model | kernels | edgeml | onnxruntime 2 threads | ratio | host time [| tinygrad]."""
+  """The lines of: model | kernels | edgeml | onnxruntime 2 threads | ratio | host time | host CPU [| tinygrad]."""
   notes = []
-  head = ["model", "kernels", "edgeml ms", "onnxruntime 2 threads ms", "ratio", "edgeml host (of device)"]
+  head = ["model", "kernels", "edgeml ms", "onnxruntime 2 threads ms", "ratio", "host (of device)", "host CPU"]
   if with_tinygrad: head.append("tinygrad CL ms")
   body = [[name, str(r["kernels"]), cell(r["edgeml"], notes), cell(r["ort"], notes), ratio(r["edgeml"], r["ort"]),
-           host_share(r)] + ([cell(r["tinygrad"], notes)] if with_tinygrad else []) for name, r in rows.items()]
+           host_share(r), host_cpu(r)] + ([cell(r["tinygrad"], notes)] if with_tinygrad else [])
+          for name, r in rows.items()]
   widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
   fmt = lambda line: " | ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
   return [fmt(head), "-+-".join("-" * w for w in widths)] + [fmt(line) for line in body] + \
