@@ -198,7 +198,6 @@ def _validate_tensors(spec: ProgramSpec, fail, cap: int) -> None:
       if b.kind != role: fail(f"{role} {t.name!r} must live in an {role} buffer, not {b.kind}")
       if t.buffer != len(owner): fail(f"{role} {t.name!r} is in buffer {t.buffer}; the buffers start with the inputs, "
                                       f"then the outputs, in order (expected buffer {len(owner)})")
-      if t.buffer in owner: fail(f"{role} {t.name!r} shares buffer {t.buffer} with {owner[t.buffer]!r}")
       owner[t.buffer] = t.name
       if need != b.nbytes:
         fail(f"{role} {t.name!r} {t.dtype}{list(t.shape)} needs {need} bytes but buffer {t.buffer} has {b.nbytes}")
