@@ -11,7 +11,7 @@
 `build_small`: a one-conv, GRU-like cell model with the same inputs and `plan` (1, 32) / `state_out`, for tests that
 need a model compiled in about a second.
 
-`CONFIG` is the modeld config (tools/modelconfig.py) both models use; `cache_key` names a build, so a caller can
+`CONFIG` is the modeld config (compiled/modelconfig.py) both models use; `cache_key` names a build, so a caller can
 reuse what it built while VERSION and the parameters are unchanged. onnx is imported only when a model is built.
 """
 import hashlib

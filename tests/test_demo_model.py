@@ -62,7 +62,7 @@ def test_sizes_that_do_not_fit_the_trunk_are_refused():
 
 
 def test_drive_model_tool_writes_a_model_and_its_config(tmp_path):
-  from tools.modelconfig import load_config
+  from compiled.modelconfig import load_config
   from compiled.artifact import TensorSpec
   out = tmp_path / "drive.onnx"
   done = subprocess.run([sys.executable, "-m", "tools.drive_model", str(out), "--small", "--height", "16",
@@ -71,9 +71,9 @@ def test_drive_model_tool_writes_a_model_and_its_config(tmp_path):
   model = onnx.load(str(out))
   specs = lambda values: [TensorSpec(v.name, tuple(d.dim_value for d in v.type.tensor_type.shape.dim), "float32", 0)
                           for v in values]
-  config = load_config(str(tmp_path / "drive.json"), specs(model.graph.input), specs(model.graph.output))
+  config = load_config(str(tmp_path / "drive.modeld.json"), specs(model.graph.input), specs(model.graph.output))
   assert config.recurrent == {"state": "state_out"} and config.zeros == ["desire"]
-  assert json.loads((tmp_path / "drive.json").read_text()) == demo_model.CONFIG
+  assert json.loads((tmp_path / "drive.modeld.json").read_text()) == demo_model.CONFIG
 
 
 def test_the_demo_compiles_once_and_reuses_the_artifact(tmp_path, monkeypatch, capsys):

@@ -2,11 +2,13 @@
 
 The outputs must equal running the artifact directly on the same frames, re-created by frame id and warped by the
 numpy reference, with the recurrent state chained the same way; injected drops must raise frameDropPerc and mark the
-outputs invalid until the two-frame history is consecutive again; SIGTERM must leave nothing in /dev/shm.
+outputs invalid until the two-frame history is consecutive again; SIGTERM must leave nothing in /dev/shm. The status
+lines must add up; signatures, the device choice and the config's default name are checked at start.
 """
 import glob
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -24,8 +26,8 @@ from ipc.testing import isolated_bus
 from tools import drive_model
 from tools.camerad import synthetic_frame
 from tools.compile import compile_model
-from tools.modelconfig import load_config
-from tools.modeld import DropRate, FrameHistory
+from compiled.modelconfig import config_path, load_config
+from tools.modeld import CAMERAS, DropRate, FrameHistory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAMERA = (160, 96)  # larger than the 128x64 warped image: the identity warp is a crop
@@ -39,8 +41,45 @@ def model(tmp_path_factory):
   folder = tmp_path_factory.mktemp("model")
   drive_model.build(str(folder / "drive.onnx"), *SHAPE[2:])
   compile_model(str(folder / "drive.onnx"), str(folder / "drive.edgeml"), log=lambda *_: None)
-  (folder / "drive.json").write_text(json.dumps(drive_model.CONFIG))
+  (folder / "drive.modeld.json").write_text(json.dumps(drive_model.CONFIG))
   return folder / "drive.edgeml"
+
+
+@pytest.fixture(scope="module")
+def signed(model, tmp_path_factory):
+  """The model signed by a key (trusted.pub), by another key (other.edgeml), and with its signature's last byte
+  flipped (tampered.edgeml), each with its config beside it; a dict of paths."""
+  from compiled.artifact import read_artifact, write_artifact
+  from compiled.signing import generate_keypair
+  folder = tmp_path_factory.mktemp("signed")
+  paths = {"trusted.pub": folder / "trusted.pub", "other.pub": folder / "other.pub"}
+  generate_keypair(folder / "trusted.pem", paths["trusted.pub"])
+  generate_keypair(folder / "other.pem", paths["other.pub"])
+  spec = read_artifact(model)
+  for name, key in (("signed", "trusted.pem"), ("other", "other.pem"), ("tampered", "trusted.pem")):
+    paths[name] = folder / f"{name}.edgeml"
+    write_artifact(spec, paths[name], sign_key=folder / key)
+    (folder / f"{name}.modeld.json").write_text(json.dumps(drive_model.CONFIG))
+  data = bytearray(paths["tampered"].read_bytes())
+  data[-1] ^= 1
+  paths["tampered"].write_bytes(bytes(data))
+  return paths
+
+
+@pytest.fixture
+def main_here(monkeypatch):
+  """tools.modeld.main run in this process, its SystemExit message returned (None if it returned); the signal
+  handlers main installs and the variables it sets are restored after the test."""
+  from tools import modeld
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  monkeypatch.delenv("EDGEML_TRUSTED_KEYS", raising=False)
+  monkeypatch.setenv("EDGEML_DEVICE", os.environ.get("EDGEML_DEVICE", ""))
+
+  def run(*argv):
+    try: modeld.main([str(a) for a in argv])
+    except SystemExit as e: return str(e.code)
+  yield run
+  for sig, handler in handlers.items(): signal.signal(sig, handler)
 
 
 @pytest.fixture
@@ -135,8 +174,25 @@ def replay(model, got) -> None:
     state, last = expected["state_out"], out["frame_id"]
 
 
+STATUS = re.compile(r"modeld: status: (\d+) frames in, (\d+) out, (\d+) dropped, (\d+) malformed; last ([\d.]+) s: "
+                    r"(?:(\d+) published, latency p50 ([\d.]+) ms, model p50 ([\d.]+) ms wall / ([\d.]+) ms device"
+                    r"|no frames)$")
+
+
+def status_lines(printed: str) -> list[dict]:
+  """modeld's status lines, parsed; any other line starting 'modeld: status' fails the test."""
+  lines = [line for line in printed.splitlines() if line.startswith("modeld: status")]
+  names = ("frames_in", "frames_out", "dropped", "malformed", "interval", "published", "latency", "wall", "device")
+  parsed = []
+  for line in lines:
+    assert (m := STATUS.match(line)), f"unexpected status line: {line!r}"
+    parsed.append({k: float(v) if v is not None else None for k, v in zip(names, m.groups())})
+  return parsed
+
+
 def test_outputs_equal_the_artifact_run_directly_and_drops_are_counted(spawn, model):
-  got, printed = run_stack(spawn, model, frames=24, skip=(10, 11))
+  # 24 frames at 20 Hz keep modeld busy for more than 1.1 s of camera time: several 0.2 s status intervals
+  got, printed = run_stack(spawn, model, frames=24, skip=(10, 11), modeld_args=("--status-every", "0.2"))
   assert [o["seq"] for o in got] == list(range(1, len(got) + 1)), "a modelOutput was lost on the bus"
   ids = [o["frame_id"] for o in got]
   assert ids == sorted(ids) and not {10, 11} & set(ids) and ids[-1] == 23
@@ -147,6 +203,17 @@ def test_outputs_equal_the_artifact_run_directly_and_drops_are_counted(spawn, mo
   assert all(o["drop"] > 0 for o in got if o["frame_id"] > 11)
   assert all(o["model_time"] > 0 and o["gpu_time"] > 0 for o in got)
   assert "modeld: " in printed and f"{len(got)} outputs" in printed
+  lines = status_lines(printed)
+  assert any(line["published"] for line in lines), printed
+  published = 0
+  for before, line in zip([None] + lines, lines):
+    assert line["frames_in"] >= line["frames_out"] and line["malformed"] == 0, line
+    if before: assert all(line[k] >= before[k] for k in ("frames_in", "frames_out", "dropped")), (before, line)
+    published += line["published"] or 0
+    assert line["frames_out"] == published, (line, published)  # the intervals' counts add up to the total
+    if line["published"]:  # the latency (end of exposure to publish) contains the model's wall time
+      assert line["latency"] >= line["wall"] > 0 and line["device"] > 0, line
+  assert lines[-1]["frames_out"] <= len(got)
 
 
 def test_outputs_invalid_until_calibration_when_required(spawn, model, tmp_path):
@@ -364,7 +431,7 @@ def test_config_errors_name_the_input(model, tmp_path):
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({"inputs": {**drive_model.CONFIG["inputs"], name: entry}}))
     with pytest.raises(ValueError, match=f"input '{name}'.*{message}"):
-      load_config(str(path), prog.inputs, prog.outputs)
+      load_config(str(path), prog.inputs, prog.outputs, CAMERAS)
   with pytest.raises(ValueError, match="no model config.*write one"):
     load_config(str(tmp_path / "none.json"), prog.inputs, prog.outputs)
   for text, message in (('["input_imgs"]', "expected an object"), ('{"inputs": ["desire"]}', "expected an object"),
@@ -391,7 +458,7 @@ def test_two_cameras_matched_by_frame_id(spawn, tmp_path):
                             [value(f"out_{n}", [1, 8]) for n in shapes], inits)
   save(helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
   compile_model(str(tmp_path / "two.onnx"), str(tmp_path / "two.edgeml"), log=lambda *_: None)
-  (tmp_path / "two.json").write_text(json.dumps({"inputs": {"road_img": {"source": "road", "layout": "yuv6"},
+  (tmp_path / "two.modeld.json").write_text(json.dumps({"inputs": {"road_img": {"source": "road", "layout": "yuv6"},
                                                             "wide_img": {"source": "wideRoad", "layout": "rgb"}}}))
   sock = sub_socket("modelOutput", conflate=False)
   try:
@@ -433,3 +500,69 @@ def test_video_sources_loop_and_convert_to_nv12(tmp_path):
     assert (uv[:, 0::2].ravel() == p[w * h:w * h * 5 // 4]).all() and (uv[:, 1::2].ravel() == p[w * h * 5 // 4:]).all()
     raw.read(out)
     assert (out == p).all()
+
+
+def test_the_default_config_is_model_modeld_json_and_the_old_name_is_not_read(model, tmp_path):
+  """model.json is what `edgeml-profile --trace model.json` writes: never taken for the config; when it is all there
+  is, the error says to rename it."""
+  prog = compiled.load(model)
+  assert config_path(tmp_path / "drive.edgeml") == str(tmp_path / "drive.modeld.json")
+  assert config_path("drive.onnx") == "drive.modeld.json"
+  (tmp_path / "drive.json").write_text(json.dumps(drive_model.CONFIG))
+  with pytest.raises(ValueError, match=r"drive\.json is there, but that old default name is no longer read.*rename it"):
+    load_config(config_path(tmp_path / "drive.edgeml"), prog.inputs, prog.outputs, CAMERAS)
+  (tmp_path / "drive.modeld.json").write_text(json.dumps(drive_model.CONFIG))
+  (tmp_path / "drive.json").write_text('{"traceEvents": []}')  # a profile trace beside it changes nothing
+  config = load_config(config_path(tmp_path / "drive.edgeml"), prog.inputs, prog.outputs, CAMERAS)
+  assert config.cameras == ["road"] and config.recurrent == {"state": "state_out"}
+
+
+def test_signature_refusals_are_one_line(main_here, model, signed):
+  trust = ("--trusted-key", signed["trusted.pub"])
+  cases = [((model, "--require-signature", *trust), "unsigned, and signatures are required"),
+           ((signed["other"], "--require-signature", *trust), "not among the 1 trusted"),
+           ((signed["other"], *trust), "not among the 1 trusted"),  # a given key is checked even when not required
+           ((signed["tampered"], "--require-signature", *trust), "bad signature"),
+           ((signed["signed"], "--require-signature"), "--require-signature needs a trusted key"),
+           ((signed["signed"], "--trusted-key", signed["signed"].parent / "none.pub"), "cannot read trusted key file")]
+  for argv, expected in cases:
+    message = main_here(*argv)
+    assert message and message.startswith("edgeml-modeld: ") and "\n" not in message and expected in message, \
+      (argv, message)
+
+
+def test_an_unsigned_artifact_is_refused_by_the_console_script(model, signed, bus):
+  done = subprocess.run([sys.executable, "-m", "tools.modeld", str(model), "--require-signature", "--trusted-key",
+                         str(signed["trusted.pub"])], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+  assert done.stderr.count("\n") == 1 and "unsigned, and signatures are required" in done.stderr, done.stderr
+
+
+def test_a_signed_artifact_with_a_trusted_key_runs(spawn, signed):
+  """Two trusted keys (the flag is repeatable), one of them the signer's: modeld starts and says it checked."""
+  modeld = spawn("tools.modeld", str(signed["signed"]), "--require-signature",
+                 "--trusted-key", str(signed["other.pub"]), "--trusted-key", str(signed["trusted.pub"]))
+  assert select.select([modeld.stdout], [], [], WAIT_S)[0]
+  line = modeld.stdout.readline()
+  assert line.startswith("modeld: ") and "signature verified" in line, line + modeld.stdout.read()
+  rc, printed = stop(modeld)
+  assert rc == 0, printed
+
+
+def test_device_flag_sets_the_device_before_it_is_opened(main_here, model, monkeypatch):
+  from tools import modeld
+  seen = []
+
+  def load(*_a, **_k):
+    seen.append(os.environ.get("EDGEML_DEVICE"))
+    raise ValueError("stop here")
+  monkeypatch.setattr(modeld.compiled, "load", load)
+  assert main_here(model, "--device", "1") == "edgeml-modeld: stop here" and seen == ["1"]
+
+
+def test_an_unknown_device_is_one_line(model, bus):
+  done = subprocess.run([sys.executable, "-m", "tools.modeld", str(model), "--device", "no-such-device-xyz"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+  assert done.stderr.count("\n") == 1 and "--device 'no-such-device-xyz' matches no OpenCL device" in done.stderr, \
+    done.stderr

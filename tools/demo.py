@@ -113,7 +113,8 @@ def build_key(onnx_path: Path) -> str:
 
 
 def compiled_artifact(onnx_path: Path) -> Path:
-  """build/NAME.edgeml with its modeld config (NAME.json), compiled unless build/NAME.key holds its build_key."""
+  """build/NAME.edgeml with its modeld config (NAME.modeld.json), compiled unless build/NAME.key holds its build_key."""
+  from compiled.modelconfig import config_path
   from edgeml.demo_model import CONFIG
   artifact, key_file = BUILD / f"{onnx_path.stem}.edgeml", BUILD / f"{onnx_path.stem}.key"
   key = build_key(onnx_path)
@@ -129,7 +130,7 @@ def compiled_artifact(onnx_path: Path) -> Path:
     if done.returncode == 130: raise KeyboardInterrupt
     if done.returncode: raise SystemExit(f"demo: edgeml-compile failed (exit {done.returncode})")
     key_file.write_text(key)
-  artifact.with_suffix(".json").write_text(json.dumps(CONFIG, indent=1))
+  Path(config_path(artifact)).write_text(json.dumps(CONFIG, indent=1))
   return artifact
 
 
@@ -159,7 +160,7 @@ def run(artifact: Path, seconds: float) -> dict:
     return Lines(procs[name]) if pipe else None
   try:
     consumer = start("consumer", "tools.demo", "--consume")
-    modeld = start("modeld", "tools.modeld", str(artifact), "--wait-subscriber", "10")
+    modeld = start("modeld", "tools.modeld", str(artifact), "--wait-subscriber", "10", "--status-every", "0")
     if (line := modeld.next("modeld:", START_S)) is None: raise SystemExit("demo: modeld did not start")
     print(line)
     start("camerad", "tools.camerad", "--rate", "20", "--size", "x".join(map(str, CAMERA)), "--wait-client", "10",

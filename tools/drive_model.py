@@ -1,4 +1,5 @@
-"""Write the project's driving model (edgeml/demo_model.py) and its modeld config beside it (OUT.json).
+"""Write the project's driving model (edgeml/demo_model.py) and its modeld config beside it
+(OUT.modeld.json, the name modeld looks for beside OUT.edgeml).
 
   python -m tools.drive_model OUT.onnx [--small] [--height 128] [--width 256] [--hidden 256] [--seed 0]
 
@@ -9,6 +10,7 @@ import argparse
 import json
 import os
 
+from compiled.modelconfig import config_path
 from edgeml.demo_model import CONFIG, build_small as build  # noqa: F401  (tests/test_modeld.py reads these two)
 
 
@@ -30,7 +32,7 @@ def main(argv=None):
   try:
     (demo_model.build_small if args.small else demo_model.build)(args.output, seed=args.seed, **sizes)
   except ValueError as e: raise SystemExit(f"drive_model: {e}")
-  config = os.path.splitext(args.output)[0] + ".json"
+  config = config_path(args.output)
   with open(config, "w") as f: json.dump(CONFIG, f, indent=1)
   print(f"wrote {args.output} and its modeld config {config}")
 

@@ -1,14 +1,15 @@
 """edgeml-modeld: runs a compiled model on every camera frame and publishes modelOutput.
 
-  edgeml-modeld model.edgeml [--config model.json] [--rt-priority N] [--cpu N] [--wait-subscriber S]
+  edgeml-modeld model.edgeml [--config model.modeld.json] [--device NAME|N] [--require-signature] [--trusted-key FILE]
+                [--status-every S] [--rt-priority N] [--cpu N] [--wait-subscriber S]
 
-Per frame of the first camera in the model config (tools/modelconfig.py): copy the NV12 frame from the pool to the
-device, check the pool buffer was not reused meanwhile, warp it into the image input with the latest calibration
-(identity until one arrives; compiled/preprocess.py), run the program, copy each recurrent output into its input on the
-device, publish. Image inputs keep their last K frames on the device. A frame id that skips (the camera dropped, or
-this daemon was too slow for the keep-latest stream) counts into frameDropPerc, and outputs stay invalid until the
-K-frame history is consecutive again. Other cameras are matched to the first by frame id, waiting at most a period;
-a frame whose match does not come is skipped (and counts as dropped).
+Per frame of the first camera in the model config (compiled/modelconfig.py, docs/modeld.md): copy the NV12 frame
+from the pool to the device, check the pool buffer was not reused meanwhile, warp it into the image input with the
+latest calibration (identity until one arrives; compiled/preprocess.py), run the program, copy each recurrent output
+into its input on the device, publish. Image inputs keep their last K frames on the device. A frame id that skips
+(the camera dropped, or this daemon was too slow for the keep-latest stream) counts into frameDropPerc, and outputs
+stay invalid until the K-frame history is consecutive again. Other cameras are matched to the first by frame id,
+waiting at most a period; a frame whose match does not come is skipped (and counts as dropped).
 
 modelOutput: frameId, frameAge (camera periods between the frame's end of exposure and publishing), frameDropPerc
 (share of frame ids not processed, filtered over about a second of frame ids: a 2 s stall reads as most frames
@@ -17,7 +18,9 @@ gpuExecutionTime (OpenCL-event seconds of the warp and the model's kernels), eve
 `valid`: false while the history refills, while a recurrent input is non-finite, or until a calibration arrives when
 the config requires one.
 
-Imports only compiled/, ipc/, numpy and pyopencl (and the config reader beside it).
+Every few seconds (--status-every) a status line goes to stdout: frames in and out, dropped frame ids and malformed
+messages so far, and over the last interval the p50 latency (end of exposure to publish) and the p50 model time, wall
+and device. Imports only compiled/, ipc/, numpy and pyopencl.
 """
 import argparse
 import gc
@@ -33,11 +36,13 @@ import compiled
 from compiled.artifact import ArtifactError
 from compiled.device import DeviceError
 from compiled.preprocess import FrameWarp
-from ipc import FrameClient, PubMaster, SubMaster, camera_service, new_message, set_outputs
+from compiled.modelconfig import config_path, load_config
+from ipc import SERVICES, FrameClient, PubMaster, SubMaster, camera_service, new_message, set_outputs
 from ipc.rundir import UnsafePath
-from tools.modelconfig import config_path, load_config
 
 DROP_TIME_CONSTANT_S = 1.0
+STATUS_EVERY_S = 5.0
+CAMERAS = [s.name.removesuffix("CameraState") for s in SERVICES.values() if s.kind == "cameraFrame"]
 
 
 class DropRate:
@@ -73,6 +78,33 @@ class FrameHistory:
     return self.run >= self.frames
 
 
+class Status:
+  """The operator's status line: totals so far, and p50s of the frames published since the previous line."""
+  def __init__(self, every_s: float, now: float):
+    self.every_s, self.since = every_s, now
+    self.latency, self.wall, self.device = [], [], []
+
+  def add(self, latency_s: float, wall_s: float, device_s: float) -> None:
+    self.latency.append(latency_s)
+    self.wall.append(wall_s)
+    self.device.append(device_s)
+
+  def due(self, now: float) -> bool:
+    return self.every_s > 0 and now - self.since >= self.every_s
+
+  def line(self, daemon: "ModelDaemon", now: float) -> str:
+    """The line for `daemon` at `now`; starts the next interval."""
+    head = (f"modeld: status: {daemon.frames_in} frames in, {daemon.outputs} out, {daemon.drops.total} dropped, "
+            f"{daemon.malformed()} malformed; last {now - self.since:.1f} s: ")
+    if self.latency:
+      ms = lambda values: f"{1e3 * float(np.median(values)):.2f}"
+      tail = (f"{len(self.latency)} published, latency p50 {ms(self.latency)} ms, model p50 {ms(self.wall)} ms wall / "
+              f"{ms(self.device)} ms device")
+    else: tail = "no frames"
+    self.since, self.latency, self.wall, self.device = now, [], [], []
+    return head + tail
+
+
 class ModelDaemon:
   def __init__(self, program, config, log=print):
     self.program, self.config, self.log = program, config, log
@@ -95,6 +127,7 @@ class ModelDaemon:
     self.calibrated, self.finite = False, True
     self.latest = {}  # camera -> newest Frame received
     self.frames_in = self.outputs = 0
+    self.status = Status(0.0, time.monotonic())  # main() sets the interval
 
   def connect(self, stop: list, wait_subscriber_s: float = 0.0) -> bool:
     """Publish modelOutput (waiting up to wait_subscriber_s for a subscriber), subscribe to calibration and the
@@ -128,6 +161,7 @@ class ModelDaemon:
       while not stop:
         if (frame := self.clients[self.cameras[0]].recv(100)) is not None:
           self.step(frame)
+        if self.status.due(now := time.monotonic()): print(self.status.line(self, now), flush=True)
     finally:
       gc.enable()
 
@@ -149,12 +183,14 @@ class ModelDaemon:
     msg = new_message("modelOutput", valid=valid)
     out = msg.modelOutput
     out.frameId = frame.frame_id
-    out.frameAge = max(0, int((time.monotonic_ns() - frame.timestamp_eof) * 1e-9 * self.rate_hz))
+    age_s = (time.monotonic_ns() - frame.timestamp_eof) * 1e-9
+    out.frameAge = max(0, int(age_s * self.rate_hz))
     out.frameDropPerc = 100 * self.drops.add(dropped)
     out.modelExecutionTime, out.gpuExecutionTime = model_time, gpu_time
     set_outputs(out, {t.name: self.program.output_buffer(t.name) for t in self.program.outputs})
     self.pm.send("modelOutput", msg)
     self.outputs += 1
+    self.status.add(age_s, model_time, gpu_time)
 
   def matching(self, camera: str, frame_id: int):
     """The frame of `camera` with `frame_id`, waiting at most a period for it; None if it does not come or that
@@ -200,24 +236,45 @@ def set_realtime(priority: int, cpu: int | None) -> None:
 def main(argv=None):
   ap = argparse.ArgumentParser(prog="edgeml-modeld", description=__doc__.split("\n\n")[0])
   ap.add_argument("artifact", help="a compiled .edgeml file")
-  ap.add_argument("--config", help="the model config (default: the artifact's path with .json)")
+  ap.add_argument("--config", help="the model config (default: the artifact's path with .modeld.json; the old "
+                  "default NAME.json is no longer read)")
+  ap.add_argument("--device", metavar="NAME|N", help="the OpenCL device: a name substring or an index (the same "
+                  "meaning as EDGEML_DEVICE, which it overrides)")
+  ap.add_argument("--trusted-key", action="append", default=[], metavar="FILE",
+                  help="an Ed25519 public key (PEM) whose signatures are accepted (repeatable; the files in "
+                  "EDGEML_TRUSTED_KEYS are trusted too)")
+  ap.add_argument("--require-signature", action="store_true",
+                  help="refuse an artifact that is not signed by a trusted key")
+  ap.add_argument("--status-every", type=float, default=STATUS_EVERY_S, metavar="S",
+                  help=f"seconds between status lines on stdout (default {STATUS_EVERY_S:g}; 0: none)")
   ap.add_argument("--rt-priority", type=int, default=0, metavar="N", help="SCHED_FIFO priority for the run loop")
   ap.add_argument("--cpu", type=int, metavar="N", help="pin the daemon (and its OpenCL CPU threads) to core N")
   ap.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                   help="wait up to S seconds for a modelOutput subscriber before reading frames")
   args = ap.parse_args(argv)
+  if args.require_signature and not args.trusted_key and not os.environ.get("EDGEML_TRUSTED_KEYS"):
+    raise SystemExit("edgeml-modeld: --require-signature needs a trusted key: --trusted-key FILE (or "
+                     "EDGEML_TRUSTED_KEYS)")
+  if args.status_every < 0: raise SystemExit(f"edgeml-modeld: --status-every {args.status_every:g}: give S >= 0")
+  if args.device is not None: os.environ["EDGEML_DEVICE"] = args.device  # before the device is opened
   stop = []
   for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.append(1))
   if args.cpu is not None: set_realtime(0, args.cpu)  # before the OpenCL threads start
   try:
-    program = compiled.load(args.artifact)
-    config = load_config(args.config or config_path(args.artifact), program.inputs, program.outputs)
+    program = compiled.load(args.artifact, trusted_keys=args.trusted_key or None,
+                            require_signature=args.require_signature)
+    config = load_config(args.config or config_path(args.artifact), program.inputs, program.outputs, CAMERAS)
     daemon = ModelDaemon(program, config)
-  except (OSError, ArtifactError, DeviceError, ValueError) as e: raise SystemExit(f"edgeml-modeld: {e}")
+  except DeviceError as e:  # the device choice is reported as the flag when it came from one
+    message = str(e).replace("EDGEML_DEVICE=", "--device ") if args.device is not None else str(e)
+    raise SystemExit(f"edgeml-modeld: {message}")
+  except (OSError, ArtifactError, ValueError) as e: raise SystemExit(f"edgeml-modeld: {e}")
   except Exception as e:  # whatever else a bad artifact or device makes the loader raise: one line, not a traceback
     raise SystemExit(f"edgeml-modeld: cannot load {args.artifact}: {type(e).__name__}: {e}")
   set_realtime(args.rt_priority, None)
-  print(f"modeld: {args.artifact} on {program.device.name}, cameras {', '.join(daemon.cameras)}", flush=True)
+  signed = ", signature verified" if args.require_signature else ""
+  print(f"modeld: {args.artifact} on {program.device.name}, cameras {', '.join(daemon.cameras)}{signed}", flush=True)
+  daemon.status = Status(args.status_every, time.monotonic())
   try:
     if daemon.connect(stop, args.wait_subscriber):
       daemon.run(stop)
