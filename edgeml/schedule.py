@@ -7,7 +7,8 @@ Fusion rules:
 - one reduce per kernel: a second one met while building a kernel gets its own buffer;
 - costly elementwise math that a reduce reads through a broadcast or overlapping windows (so it would be redone for
   every read) gets its own buffer;
-- everything else a kernel reads (device buffers, outputs, chain tops, CONTIGUOUS) is a load.
+- everything else a kernel reads (device buffers, outputs, chain tops, CONTIGUOUS) is a load; a CONTIGUOUS of
+  something that has a buffer anyway is read from that buffer (a copy only where it is an output).
 """
 from __future__ import annotations
 from dataclasses import dataclass, field
@@ -120,6 +121,8 @@ def schedule(outputs: list[Node]) -> list[ScheduleItem]:
     def explore(n: Node, in_reduce: bool, reread: bool = False):
       if (id(n), in_reduce, reread) in seen: return
       seen.add((id(n), in_reduce, reread))
+      if n is not root and n.op is Op.CONTIGUOUS and (n.src[0].op is Op.BUFFER or id(n.src[0]) in points):
+        n = n.src[0]             # already in a buffer of its own: read that one, no copy
       if n is not root and (n.op is Op.BUFFER or id(n) in points):
         if n not in loads: loads.append(n)
         return

@@ -454,12 +454,15 @@ class Tensor:
     if any(self.shape[a] == 0 for a in axes):
       lowest = -math.inf if x.dtype.kind == "f" else False if x.dtype.kind == "b" else np.iinfo(x.dtype).min
       out = Tensor.full(shape, 0 if op is Op.SUM else lowest, x.dtype)
-    elif len(axes) > 1 and math.prod(shape) < 1024 and math.prod(self.shape[a] for a in axes[:-1]) >= 16:
-      # few outputs, long reduction: fold the last axis first, so the first kernel has enough parallel work
-      return x._reduce(op, axes[-1], True)._reduce(op, axes[:-1], True).reshape(shape if keepdim else
-                                                                              [s for i, s in enumerate(shape) if i not in axes])
+    elif not (folded := tuple(a for a in axes if self.shape[a] > 1)):
+      out = x.reshape(shape)      # folding size-1 axes is a reshape, not a kernel
+    elif len(folded) > 1 and math.prod(shape) < 16 and math.prod(self.shape[a] for a in folded[:-1]) >= 16:
+      # very few outputs, long reduction: fold the last axis first, so the first kernel has enough parallel work
+      # (fewer outputs than that are enough: a GPU target splits each output's reduce across a work-group)
+      return x._reduce(op, folded[-1], True)._reduce(op, folded[:-1], True).reshape(
+        shape if keepdim else [s for i, s in enumerate(shape) if i not in axes])
     else:
-      out = Tensor(Node(op, (x.node,), axes, shape, x.dtype)) if axes else x
+      out = Tensor(Node(op, (x.node,), folded, shape, x.dtype))
     return out if keepdim else out.reshape([s for i, s in enumerate(shape) if i not in axes])
 
   def sum(self, axis=None, keepdim=False) -> Tensor: return self._reduce(Op.SUM, axis, keepdim)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from edgeml import Tensor
+from edgeml.ops import Op
 from edgeml.realize import realize
 from edgeml.schedule import schedule
 
@@ -62,3 +63,38 @@ def test_broadcast_reduce_result_gets_its_own_kernel():
   x = Tensor(rng(8, 9))
   out = x - x.mean(1, keepdim=True)                   # the mean is read by every element of its row
   assert run_count(out) == 2
+
+
+def test_squeeze_excite_is_four_kernels():
+  """global mean -> 1x1 conv -> relu -> 1x1 conv -> sigmoid -> scale: a reduce over size-1 axes (the 1x1 kernel on a
+  1x1 map) is a reshape, not a kernel, and 96 outputs of a long mean are one kernel (no split)."""
+  x, w1, b1, w2, b2 = rng(1, 96, 16, 24), rng(24, 96, 1, 1, seed=1), rng(24, seed=2), rng(96, 24, 1, 1, seed=3), rng(96, seed=4)
+  s = Tensor(x).mean((2, 3), keepdim=True).conv2d(Tensor(w1), Tensor(b1)).relu().conv2d(Tensor(w2), Tensor(b2)).sigmoid()
+  out = Tensor(x) * s
+  assert len(schedule([out.node])) == 4
+  h = np.maximum(np.einsum("oc,c->o", w1[:, :, 0, 0], x.astype(np.float64).mean((0, 2, 3))) + b1, 0)
+  want = x / (1 + np.exp(-(np.einsum("oc,c->o", w2[:, :, 0, 0], h) + b2))).reshape(1, 96, 1, 1)
+  np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.bool_, np.int32])
+def test_reducing_only_size_one_axes_is_no_kernel(dtype):
+  x = (rng(3, 1, 4, 1) > 0).astype(dtype)
+  for op in ("sum", "max"):
+    out = getattr(Tensor(x), op)((1, 3))
+    stack, ops = [out.node], set()
+    while stack: ops.add(stack[-1].op); stack.extend(stack.pop().src)
+    assert not ops & {Op.SUM, Op.RMAX}, ops
+    want = getattr(x, op)((1, 3))
+    assert out.dtype == (np.int32 if dtype is np.bool_ and op == "sum" else dtype), (op, out.dtype)   # as for any axis
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+def test_contiguous_of_a_buffer_is_read_in_place():
+  """h.contiguous() where h is a kernel's output anyway (a recurrent state) costs no copy kernel."""
+  x, w = Tensor(rng(1, 64)), Tensor(rng(64, 64, seed=1))
+  h = (x @ w).tanh().contiguous()
+  out = (h @ w).tanh()
+  assert len(schedule([out.node])) == 2
+  ref = np.tanh(np.tanh(rng(1, 64) @ rng(64, 64, seed=1)) @ rng(64, 64, seed=1))
+  np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-5)
