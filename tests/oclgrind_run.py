@@ -18,15 +18,22 @@ from compiled.artifact import ArtifactError, read_artifact   # noqa: E402
 from compiled.device import default_device    # noqa: E402
 
 SCALARS = {"int32": np.int32, "float32": np.float32}
+IMAGE_CHANNEL_TYPES = {"float32": cl.channel_type.FLOAT, "float16": cl.channel_type.HALF_FLOAT}
+
+
+def image(dev, b, blob: np.ndarray) -> cl.Image:
+  """Image weights (the adreno target): an RGBA image2d of image_width x image_height texels, rows `pitch` bytes."""
+  fmt = cl.ImageFormat(cl.channel_order.RGBA, IMAGE_CHANNEL_TYPES[b.image_format])
+  return cl.create_image(dev.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, fmt,
+                         shape=(b.image_width, b.image_height), pitches=(b.pitch,), hostbuf=blob[b.offset:b.offset + b.nbytes])
 
 
 def run_separately(spec, feeds: dict) -> dict:
   """{output name: array} after one run of every kernel, each plan buffer a device allocation of exactly its size."""
   dev = default_device()
   blob = np.frombuffer(spec.weights, np.uint8)
-  if any(b.kind == "image" for b in spec.buffers): raise SystemExit("oclgrind_run: image weights are not supported")
-  bufs = [dev.upload(blob[b.offset:b.offset + b.nbytes]) if b.kind == "weights" else dev.alloc(b.nbytes)
-          for b in spec.buffers]
+  bufs = [image(dev, b, blob) if b.kind == "image" else dev.upload(blob[b.offset:b.offset + b.nbytes])
+          if b.kind == "weights" else dev.alloc(b.nbytes) for b in spec.buffers]
   for t in spec.inputs: bufs[t.buffer] = dev.upload(np.asarray(feeds[t.name], t.dtype).reshape(t.shape))
   program = dev.build(spec.source, spec.build_options)
   for k in spec.kernels:
