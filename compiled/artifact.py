@@ -283,7 +283,7 @@ def _validate_reads(spec: ProgramSpec, k: KernelSpec, decl, what: str, fail) -> 
   scalars = {p.name: v for (kind, v), p in zip(k.args, decl.params) if kind == "int32"}
   for j, ((kind, value), p) in enumerate(zip(k.args, decl.params)):
     if kind != "buffer" or p.kind != "buffer" or p.writes: continue
-    extent = decl.read_extent(j, tuple(k.global_size), scalars)
+    extent = decl.read_extent(j, tuple(k.global_size), scalars, tuple(k.local_size or ()) or decl.reqd_local)
     elements = spec.buffers[value].nbytes // ELEMENT_BYTES[p.ctype]
     if extent is not None and extent > elements:
       fail(f"{what} argument {j} ({p.name!r}) reads {p.ctype} element {extent - 1} of buffer {value}, which holds "
@@ -342,7 +342,7 @@ def _validate_launch(spec: ProgramSpec, k: KernelSpec, decl, out: int, what: str
   if items * stores != elements:
     fail(f"{what} global size {list(g)} stores {items} x {stores} elements of {p.name!r}, but buffer {out} holds "
          f"{elements} {p.ctype}")
-  stored = decl.stored_elements(g)   # None where the store indices are not plain arithmetic of the global ids
+  stored = decl.stored_elements(g, loc or decl.reqd_local)   # None where the store indices are not plain arithmetic
   if stored is not None and (stored.min() < 0 or stored.max() >= elements or not _covers(stored, elements)):
     fail(f"{what} global size {list(g)} does not store each of the {elements} elements of {p.name!r} (buffer {out}) "
          f"exactly once: its store indices run from {stored.min()} to {stored.max()}")

@@ -63,17 +63,29 @@ class KernelDecl:
 
   @functools.cached_property
   def _guard(self) -> int | None:
-    if self._ids.get("gx") != 0: return None
+    if self._work_ids.get("gx") != ("global", 0): return None
     m = re.search(r"\bif\s*\(\s*gx\s*>=\s*(\d+)\s*\)\s*return\s*;", self.body)
     return int(m.group(1)) if m else None
 
   @functools.cached_property
-  def _ids(self) -> dict[str, int]:
-    """{variable: dimension} of every `NAME = get_global_id(D)` in the body."""
+  def _work_ids(self) -> dict[str, tuple[str, int]]:
+    """{variable: (global | group | local, dimension)} of every `NAME = get_..._id(D)` in the body."""
     out = {}
-    for m in re.finditer(r"get_global_id\s*\(\s*([012])\s*\)", self.body):
+    for m in re.finditer(r"get_(global|group|local)_id\s*\(\s*([012])\s*\)", self.body):
       name = re.search(r"([A-Za-z_]\w*)\s*=\s*$", self.body[max(0, m.start() - 64):m.start()])
-      if name: out[name.group(1)] = int(m.group(1))
+      if name: out[name.group(1)] = (m.group(1), int(m.group(2)))
+    return out
+
+  def _ranges(self, global_size: tuple[int, ...], local_size: tuple[int, ...] | None) -> dict[str, int]:
+    """{id variable: how many values it takes} over a launch (the guard applied; group and local ids only when the
+    local size is known; in a kernel that stores once per group, `lid` of the storing work item only)."""
+    out = {}
+    for v, (kind, d) in self._work_ids.items():
+      g = global_size[d] if d < len(global_size) else 1
+      if kind == "global": out[v] = min(g, self._guard) if d == 0 and self._guard is not None else g
+      elif local_size is not None:
+        l = local_size[d] if d < len(local_size) else 1
+        out[v] = g // l if kind == "group" else l
     return out
 
   @functools.cached_property
@@ -116,35 +128,39 @@ class KernelDecl:
     """Elements of the output parameter one work item stores, counting each store statement once."""
     return sum(n for _, _, n in self._stores)
 
-  def stored_elements(self, global_size: tuple[int, ...]) -> np.ndarray | None:
+  def stored_elements(self, global_size: tuple[int, ...], local_size: tuple[int, ...] | None = None) -> np.ndarray | None:
     """Every element index of the output the launch stores (one entry per store), or None when the loader cannot tell:
     a store index that is not integer arithmetic of the global ids, a store inside a loop or a condition, a return
     other than the guard, or more than MAX_EVALUATED elements."""
-    ids, guard = self._ids, self._guard
     if not self._returns_only_at_guard: return None
-    sizes = [min(g, guard) if d == 0 and guard is not None else g for d, g in enumerate(global_size)]
+    ranges, grouped = self._ranges(global_size, local_size), self.stores_once_per_group()
+    if grouped:
+      if "lid" not in ranges: return None
+      ranges["lid"] = 1   # only the first work item of each group stores
+    if len(ranges) != len(self._work_ids): return None
     stores = self._stores
-    if not stores or np.prod(sizes, dtype=np.float64) * sum(n for *_, n in stores) > MAX_EVALUATED: return None
-    def axis(d: int) -> np.ndarray:   # the ids along dimension d, shaped to broadcast against the others
-      return np.arange(sizes[d] if d < len(sizes) else 1, dtype=np.int64).reshape([-1 if a == d else 1 for a in range(3)])
-    env, shape = {v: axis(d) for v, d in ids.items()}, [sizes[d] if d < len(sizes) else 1 for d in range(3)]
+    if not stores or np.prod(list(ranges.values()), dtype=np.float64) * sum(n for *_, n in stores) > MAX_EVALUATED: return None
+    names = sorted(ranges)   # each id on an axis of its own
+    env = {v: np.arange(ranges[v], dtype=np.int64).reshape([-1 if a == i else 1 for a in range(len(names))])
+           for i, v in enumerate(names)}
+    shape = [ranges[v] for v in names]
+    top = self.body.index("{", re.search(r"\bif\s*\(\s*lid\s*==\s*0\s*\)\s*\{", self.body).start()) + 1 if grouped else 0
     out = []
     for at, expr, n in stores:
-      if expr is None or not _at_top_level(self.body, at): return None
+      if expr is None or not _at_top_level(self.body[top:], at - top): return None
       try: index = np.broadcast_to(_evaluate(ast.parse(expr.strip(), mode="eval").body, env), shape).ravel()
       except (SyntaxError, ValueError, ZeroDivisionError): return None
       out += [index + k for k in range(n)]
     return np.concatenate(out)
 
 
-  def read_extent(self, param: int, global_size: tuple[int, ...], scalars: dict[str, int] | None = None) -> int | None:
+  def read_extent(self, param: int, global_size: tuple[int, ...], scalars: dict[str, int] | None = None,
+                  local_size: tuple[int, ...] | None = None) -> int | None:
     """Elements of parameter `param` the kernel surely reads: one past the largest index of its reads that run
     unconditionally (not behind ?:, if, or a loop the loader cannot read), over the launch and every loop iteration;
     None when there is no such read. `scalars`: the int arguments by parameter name (loop bounds)."""
-    ids, guard = self._ids, self._guard
     if not self._returns_only_at_guard: return None
-    ranges = {v: (min(global_size[d], guard) if d == 0 and guard is not None else global_size[d]) if d < len(global_size)
-              else 1 for v, d in ids.items()}
+    ranges = self._ranges(global_size, local_size)
     reach: dict[tuple, int] = {}   # (index expression less a trailing constant, variables) -> largest constant + width
     for at, expr, width in self._reads.get(self.params[param].name, ()):
       loops = self._loops_around(at, scalars or {})
