@@ -69,6 +69,11 @@ def bound_seconds(flops: float, nbytes: float, peaks: Peaks) -> float:
   return max(flops / peaks.flops, nbytes / peaks.bandwidth)
 
 
+def limit(flops: float, nbytes: float, peaks: Peaks) -> str:
+  """Which peak bounds such a kernel: "flop" (compute) or "mem" (bandwidth)."""
+  return "flop" if flops / peaks.flops >= nbytes / peaks.bandwidth else "mem"
+
+
 def fraction(seconds: float, flops: float, nbytes: float, peaks: Peaks) -> float:
   """How close a kernel that took `seconds` came to its roofline time (1.0 = at the limit; 0 for no work)."""
   return bound_seconds(flops, nbytes, peaks) / seconds if seconds > 0 else 0.0

@@ -11,7 +11,7 @@ import compiled
 from compiled import roofline
 from edgeml.demo_model import build_small
 from tools import profile_artifact as profile
-from tools.compile import compile_model
+from edgeml.compile import compile_model
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,10 @@ def test_roofline_column_from_known_counts():
   assert [r["worst"] for r in rows.values()] == [True, False, False]  # the most time lost, not the lowest percentage
   by_roof = profile.kernel_rows(P, [[400e-6, 250e-6, 50e-6]], peaks, by="roofline")
   assert [r["name"] for r in by_roof] == ["idle", "mem", "alu"]
+  assert [r["limit"] for r in by_roof] == ["flop", "mem", "flop"]  # no work at all counts as compute-bound
   lines = profile.format_rows(by_roof)
-  assert lines[0].split()[-1] == "roof" and lines[2].split()[-3:] == ["25.0%", "<-", "worst"]
-  assert lines[3].split()[-1] == "80.0%"
+  assert lines[0].split()[-2:] == ["roof", "limit"] and lines[2].split()[-4:] == ["25.0%", "mem", "<-", "worst"]
+  assert lines[3].split()[-2:] == ["80.0%", "flop"]
   summary = profile.roofline_summary(peaks, by_roof)
   assert "100.0 GFLOP/s, 10.0 GB/s" in summary[0] and "mem at 25.0% of roofline" in summary[1]
 

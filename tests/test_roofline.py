@@ -50,6 +50,7 @@ def test_roofline_arithmetic():
   assert roofline.fraction(0.4, 2e9, 1e9, peaks) == pytest.approx(0.25)
   assert roofline.fraction(0.4, 4e10, 1e9, peaks) == pytest.approx(1.0)
   assert roofline.fraction(0.0, 1, 1, peaks) == 0.0
+  assert roofline.limit(2e9, 1e9, peaks) == "mem" and roofline.limit(4e10, 1e9, peaks) == "flop"
   for bad in (0.0, -1.0, float("nan"), float("inf")):
     with pytest.raises(ValueError, match="positive finite"): roofline.Peaks(bad, 1.0)
 

@@ -5,12 +5,12 @@
 Runs the artifact n times (after its warm-up run) on random inputs and prints one row per kernel, slowest first (or
 furthest from its roofline first with --sort roofline): launch size, median OpenCL-event time, share of the summed
 medians, GFLOP/s and GB/s from the compiler's counts, and "roof": the kernel's roofline time, max(flops / peak FLOP/s,
-bytes / peak bandwidth), as a percentage of the time it took. The peaks are measured once per device and driver by
-compiled/roofline.py and cached (--remeasure measures again, keeping the better figures). The kernel that loses the
-most time against its roofline is marked "<- worst". Then the end-to-end latency of a whole execute() (inputs in,
-kernels, outputs out, on the host clock) as percentiles, and the host time: wall minus the kernels' device time.
---trace writes a Chrome/Perfetto trace (open it at ui.perfetto.dev or chrome://tracing) with one slice per kernel per
-run.
+bytes / peak bandwidth), as a percentage of the time it took, with the peak that bounds it ("limit": flop or mem).
+The peaks are measured once per device and driver by compiled/roofline.py and cached (--remeasure measures again,
+keeping the better figures). The kernel that loses the most time against its roofline is marked "<- worst". Then
+the end-to-end latency of a whole execute() (inputs in, kernels, outputs out, on the host clock) as percentiles, and
+the host time: wall minus the kernels' device time. --trace writes a Chrome/Perfetto trace (open it at ui.perfetto.dev
+or chrome://tracing) with one slice per kernel per run.
 """
 import argparse
 import json
@@ -22,6 +22,7 @@ import compiled
 from compiled.artifact import ArtifactError
 from compiled import roofline
 from compiled.atomic import write_atomic
+from compiled.choice import add_device_arguments, use_device
 from compiled.device import DeviceError
 
 
@@ -43,7 +44,8 @@ def measure(program, runs: int):
 
 def kernel_rows(program, times, peaks: roofline.Peaks | None = None, by: str = "time") -> list[dict]:
   """One row per kernel (name, launch, median s, share, GFLOP/s, GB/s; with `peaks` also the roofline time `bound`,
-  `roof` = bound / median and `lost` = median - bound), slowest first, or lowest roof first (by="roofline")."""
+  `roof` = bound / median, `limit` (the peak that bounds it: flop or mem) and `lost` = median - bound), slowest first,
+  or lowest roof first (by="roofline")."""
   medians = np.median(times, axis=0)
   total = max(medians.sum(), 1e-12)
   rows = [dict(name=k.name, launch=_launch(k), seconds=s, share=s / total, gflops=k.flops / max(s, 1e-12) / 1e9,
@@ -52,6 +54,7 @@ def kernel_rows(program, times, peaks: roofline.Peaks | None = None, by: str = "
     for r, k in zip(rows, program.kernels):
       r["bound"] = roofline.bound_seconds(k.flops, k.bytes, peaks)
       r["roof"] = roofline.fraction(r["seconds"], k.flops, k.bytes, peaks)
+      r["limit"] = roofline.limit(k.flops, k.bytes, peaks)
       r["lost"] = max(r["seconds"] - r["bound"], 0.0)
     worst = max(rows, key=lambda r: r["lost"], default=None)
     for r in rows: r["worst"] = r is worst
@@ -68,11 +71,11 @@ def format_rows(rows: list[dict], top: int | None = None) -> list[str]:
   width = max([len(r["name"]) for r in rows] + [6])
   roof = bool(rows) and "roof" in rows[0]
   lines = [f"{'kernel':<{width}}  {'launch':<18} {'median us':>10} {'share':>6} {'GFLOP/s':>8} {'GB/s':>7}"
-           + (f" {'roof':>6}" if roof else "")]
+           + (f" {'roof':>6} limit" if roof else "")]
   for r in rows[:top]:
-    lines.append(f"{r['name']:<{width}}  {r['launch']:<18} {r['seconds'] * 1e6:10.1f} {r['share']:6.1%} "
-                 f"{r['gflops']:8.2f} {r['gbs']:7.2f}" + (f" {r['roof']:6.1%}" if roof else "")
-                 + ("  <- worst" if r.get("worst") else ""))
+    line = (f"{r['name']:<{width}}  {r['launch']:<18} {r['seconds'] * 1e6:10.1f} {r['share']:6.1%} "
+            f"{r['gflops']:8.2f} {r['gbs']:7.2f}" + (f" {r['roof']:6.1%} {r['limit']:<5}" if roof else ""))
+    lines.append(line + "  <- worst" if r.get("worst") else line.rstrip())
   if top is not None and len(rows) > top:
     rest = rows[top:]
     lines.append(f"{f'... {len(rest)} more':<{width}}  {'':<18} {sum(r['seconds'] for r in rest) * 1e6:10.1f} "
@@ -125,10 +128,12 @@ def main(argv=None):
                   help="slowest first (default), or furthest from the roofline first")
   ap.add_argument("--remeasure", action="store_true", help="measure the device's peaks again (keeps the better)")
   ap.add_argument("--trace", metavar="OUT.json", help="write a Chrome/Perfetto trace")
+  add_device_arguments(ap)
   args = ap.parse_args(argv)
+  use_device(args.device)
   if args.runs < 1: ap.error("--runs must be at least 1")
   if args.top is not None and args.top < 1: ap.error("--top must be at least 1")
-  try: program = compiled.load(args.artifact)
+  try: program = compiled.load(args.artifact, allow_target_mismatch=args.allow_target_mismatch)
   except (OSError, ArtifactError, DeviceError) as e: raise SystemExit(f"edgeml-profile: {e}")
   peaks = roofline.peaks(program.device, remeasure=args.remeasure)
   times, events, wall = measure(program, args.runs)
