@@ -29,7 +29,7 @@ class GraphNode:
   captured: list = field(default_factory=list)   # outer values its subgraphs (If/Loop bodies) read by name
 
 
-CONTROL = ("If", "Loop")   # ops run here (they hold subgraphs), not in the OPS table
+CONTROL = ("If", "Loop", "Scan")   # ops run here (they hold subgraphs), not in the OPS table
 MAX_UNROLL = 4096          # iterations a Loop may be unrolled into
 
 
@@ -115,6 +115,7 @@ class OnnxModel:
     for n in nodes:
       if n.op == "If": outs = self._if(n, env)
       elif n.op == "Loop": outs = self._loop(n, env)
+      elif n.op == "Scan": outs = self._scan(n, env)
       else: outs = self._run(n, [env[i] if i else None for i in n.inputs])
       env.update(zip(n.outputs, outs))
 
@@ -175,6 +176,39 @@ class OnnxModel:
       stacked.append(np.stack(s) if not any(isinstance(v, Tensor) for v in s)
                      else Tensor.stack([as_tensor(v) for v in s], axis=0))
     return carried + stacked
+
+  def _scan(self, n: GraphNode, env: dict) -> list:
+    """Scan (opset 9 on) unrolled over the scan axis, whose length is static."""
+    if self.opset < 9: raise NotImplementedError("Scan before opset 9 (with a batch axis and sequence_lens)")
+    graph, _ = body = n.attrs["body"]
+    m = n.attrs["num_scan_inputs"]
+    values = [env[i] if i else None for i in n.inputs]
+    states, scanned = values[:len(values) - m], values[len(values) - m:]
+    in_axes = n.attrs.get("scan_input_axes") or [0] * m
+    in_dirs = n.attrs.get("scan_input_directions") or [0] * m
+    k = len(graph.output) - len(states)
+    out_axes = n.attrs.get("scan_output_axes") or [0] * k
+    out_dirs = n.attrs.get("scan_output_directions") or [0] * k
+    in_axes = [a % np.ndim(x) for a, x in zip(in_axes, scanned)]
+    steps = scanned[0].shape[in_axes[0]]
+    names = [v.name for v in graph.input]
+    outs: list[list] = [[] for _ in range(k)]
+    for t in range(steps):
+      slices = []
+      for x, axis, rev in zip(scanned, in_axes, in_dirs):
+        i = steps - 1 - t if rev else t
+        index = (slice(None),) * axis + (i,)
+        slices.append(x[index])
+      result = self._subgraph(body, env, dict(zip(names, [*states, *slices])))
+      states = result[:len(states)]
+      for o, v in zip(outs, result[len(states):]): o.append(v)
+    stacked = []
+    for o, axis, rev in zip(outs, out_axes, out_dirs):
+      o = o[::-1] if rev else o
+      axis = axis % (np.ndim(o[0]) + 1)
+      stacked.append(np.stack(o, axis) if not any(isinstance(v, Tensor) for v in o)
+                     else Tensor.stack([as_tensor(v) for v in o], axis=axis))
+    return states + stacked
 
   def _run(self, n: GraphNode, values: list, fold: bool = False) -> list:
     named = max((i + 1 for i, o in enumerate(n.outputs) if o), default=0)

@@ -448,10 +448,21 @@ def gather_elements(n):
 
 @op("GatherND")
 def gather_nd(n):
-  x, idx = n.tensor(0), n.static(1)
+  x, idx = n.tensor(0), (n.tensor(1) if is_tensor(n.inputs[1]) else n.static(1))
   b = n.get("batch_dims", 0)
   m = idx.shape[-1]
   lead, inner, rest = x.shape[:b], x.shape[b:b + m], x.shape[b + m:]
+  if is_tensor(idx):   # indices known only at run time: the flat position as a Tensor, then a one-hot take
+    idx = idx.cast(np.int64)
+    flat = None
+    for i in range(m):
+      part = idx[..., i]
+      part = ((part < 0).where(part + inner[i], part)) * math.prod(inner[i + 1:])
+      flat = part if flat is None else flat + part
+    data = x.reshape(math.prod(lead), math.prod(inner), *rest)
+    flat = flat.reshape(math.prod(lead), -1)
+    out = Tensor.stack([take(data[i], flat[i], 0) for i in range(flat.shape[0])], 0)
+    return out.reshape(*idx.shape[:-1], *rest)
   idx = np.where(idx < 0, idx + np.array(inner), idx)
   flat = (idx * np.array([math.prod(inner[i + 1:]) for i in range(m)])).sum(-1)   # (*lead, *mid)
   data = x.reshape(math.prod(lead), math.prod(inner), *rest)
@@ -486,8 +497,37 @@ def scatter_elements(n):
   return hot_any.where(new, x)
 
 
+def _scatter_nd_dynamic(n, x: Tensor, idx: Tensor, upd: Tensor) -> Tensor:
+  """ScatterND with indices known only at run time: row r of x (flattened over the indexed axes) takes the updates
+  whose index is r, by a one-hot compare over the updates (duplicate indices combine by the reduction)."""
+  m = idx.shape[-1]
+  inner, rest = x.shape[:m], x.shape[m:]
+  idx, flat = idx.cast(np.int64), None
+  for i in range(m):
+    part = idx[..., i]
+    part = ((part < 0).where(part + inner[i], part)) * math.prod(inner[i + 1:])
+    flat = part if flat is None else flat + part
+  rows, count = math.prod(inner), math.prod(idx.shape[:-1])
+  hot = flat.reshape(1, count).eq(Tensor(np.arange(rows, dtype=np.int64).reshape(-1, 1)))      # (R, J)
+  hot = hot.reshape(rows, *[1] * len(rest), count)
+  vals = upd.reshape(count, *rest).permute(*range(1, len(rest) + 1), 0).unsqueeze(0)           # (1, *rest, J)
+  vals = vals.expand(rows, *rest, count)
+  data = x.reshape(rows, *rest)
+  hit = hot.cast(np.int32).max(-1) > 0
+  red = n.get("reduction", "none")
+  if red in ("none", "add"):
+    summed = select_sum(hot, vals)
+    return (hit.where(summed, data) if red == "none" else data + summed).reshape(x.shape)
+  if red == "mul": return (data * hot.where(vals, Tensor.full((), 1, x.dtype)).prod(-1).cast(x.dtype)).reshape(x.shape)
+  lo = -math.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+  hi = math.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).max
+  if red == "max": return hit.where(data.maximum(hot.where(vals, lo).max(-1)), data).reshape(x.shape)
+  return hit.where(data.minimum(hot.where(vals, hi).min(-1)), data).reshape(x.shape)
+
+
 @op("ScatterND")
 def scatter_nd(n):
+  if is_tensor(n.inputs[1]): return _scatter_nd_dynamic(n, n.tensor(0), n.tensor(1), n.tensor(2))
   x, idx, upd = n.tensor(0), n.static(1), n.tensor(2)
   m = idx.shape[-1]
   inner = x.shape[:m]
@@ -633,8 +673,20 @@ def center_crop_pad(n):
 
 @op("ReverseSequence")
 def reverse_sequence(n):
-  x, lens = n.tensor(0), n.static(1)
+  x = n.tensor(0)
   bax, tax = n.get("batch_axis", 1), n.get("time_axis", 0)
+  if is_tensor(n.inputs[1]):   # lengths known only at run time: each (batch, time) reads time L-1-t below L
+    lens, steps = n.tensor(1).cast(np.int64), x.shape[tax]
+    rest = [a for a in range(x.ndim) if a not in (bax, tax)]
+    xp = x.permute(bax, *rest, tax)                                             # (B, *rest, T')
+    t = Tensor(np.arange(steps, dtype=np.int64)).reshape(1, -1)
+    src = (t < lens.reshape(-1, 1)).where(lens.reshape(-1, 1) - 1 - t, t)      # (B, T)
+    hot = src.unsqueeze(-1).eq(Tensor(np.arange(steps, dtype=np.int64)))       # (B, T, T')
+    hot = hot.reshape(hot.shape[0], steps, *[1] * len(rest), steps)
+    out = select_sum(hot, xp.unsqueeze(1).expand(hot.shape[0], steps, *xp.shape[1:]))   # (B, T, *rest)
+    order = [bax, tax, *rest]
+    return out.permute(*[order.index(a) for a in range(x.ndim)])
+  lens = n.static(1)
   rows = []
   for b, L in enumerate(lens):
     row = x[(slice(None),) * bax + (slice(b, b + 1),)]
@@ -1216,7 +1268,8 @@ def attention(n):
   present_k, present_v = k, v
   sq, skv = q.shape[2], k.shape[2]
   # the additive bias: causal / sliding-window limits (static), the mask input, the per-batch key lengths
-  seqlen = n.static(6) if n.has(6) else None
+  if n.has(6) and is_tensor(n.inputs[6]): bias = _attention_bias_dynamic(n, n.tensor(6), sq, skv, past)
+  seqlen = n.static(6) if n.has(6) and not is_tensor(n.inputs[6]) else None
   offset = np.array(n.inputs[4].shape[2] if past else 0).reshape(1)
   if seqlen is not None and not past: offset = seqlen.reshape(-1) - sq
   i, j = np.arange(sq)[None, :, None], np.arange(skv)[None, None, :]
@@ -1226,8 +1279,8 @@ def attention(n):
   if left >= 0: allowed &= j >= i + offset[:, None, None] - left
   if right >= 0: allowed &= j <= i + offset[:, None, None] + right
   if seqlen is not None: allowed &= np.arange(skv)[None, None, :] < seqlen.reshape(-1, 1, 1)
-  bias_np = np.where(allowed, 0.0, -np.inf).astype(np.float32)[:, None]   # (B or 1, 1, Sq, Skv)
-  bias = Tensor(bias_np)
+  if not (n.has(6) and is_tensor(n.inputs[6])):
+    bias = Tensor(np.where(allowed, 0.0, -np.inf).astype(np.float32)[:, None])   # (B or 1, 1, Sq, Skv)
   if n.has(3):
     mask = n.tensor(3)
     if mask.shape[-1] < skv: mask = mask.pad([(0, 0)] * (mask.ndim - 1) + [(0, skv - mask.shape[-1])], value=False if mask.dtype.kind == "b" else -math.inf)
@@ -1247,6 +1300,20 @@ def attention(n):
   y = probs.cast(q.dtype).float() @ v.float()
   if rank3: y = y.permute(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
   return [y.cast(q.dtype), present_k, present_v, qk.cast(q.dtype)][:max(n.n_out, 1)]
+
+
+def _attention_bias_dynamic(n, seqlen: Tensor, sq: int, skv: int, past: bool) -> Tensor:
+  """Attention's additive bias when the per-batch key lengths are known only at run time (the same limits as the
+  static path, as Tensor compares)."""
+  lens = seqlen.cast(np.int64).reshape(-1, 1, 1)
+  off = Tensor(np.array(n.inputs[4].shape[2], np.int64).reshape(1, 1, 1)) if past else lens - sq
+  i, j = Tensor(np.arange(sq, dtype=np.int64).reshape(1, -1, 1)), Tensor(np.arange(skv, dtype=np.int64).reshape(1, 1, -1))
+  allowed = j < lens
+  left, right = n.get("left_window_size", -1), n.get("right_window_size", -1)
+  if n.get("is_causal", 0): allowed = allowed.logical_and(j <= i + off)
+  if left >= 0: allowed = allowed.logical_and(j >= i + off - left)
+  if right >= 0: allowed = allowed.logical_and(j <= i + off + right)
+  return allowed.where(Tensor.full((), 0.0, np.float32), Tensor.full((), -math.inf, np.float32)).unsqueeze(1)
 
 
 def _last(x: Tensor, lo: int, hi: int) -> Tensor: return x[(slice(None),) * (x.ndim - 1) + (slice(lo, hi),)]
@@ -1359,34 +1426,185 @@ def nms(n):
 
 @op("GridSample")
 def grid_sample(n):
-  """4-d GridSample, bilinear or nearest, zeros or border padding: each output pixel's taps become one weight row over
-  the input's H*W pixels, applied as a reduce (data-dependent positions, fixed shapes)."""
+  """GridSample over any number of spatial axes: linear, nearest or cubic; zeros, border or reflection padding. Each
+  output point's taps become one weight row over the input's pixels, applied as a reduce (data-dependent positions,
+  fixed shapes)."""
   x, grid = n.tensor(0), n.tensor(1)
-  mode = {"linear": "bilinear"}.get(n.get("mode", "bilinear"), n.get("mode", "bilinear"))
+  mode = {"linear": "bilinear", "cubic": "bicubic"}.get(n.get("mode", "bilinear"), n.get("mode", "bilinear"))
   padding, align = n.get("padding_mode", "zeros"), bool(n.get("align_corners", 0))
-  if x.ndim != 4: raise NotImplementedError(f"GridSample on {x.ndim}-d input (4-d only)")
-  if mode not in ("bilinear", "nearest"): raise NotImplementedError(f"GridSample mode {mode!r} (bilinear, nearest)")
-  if padding not in ("zeros", "border"): raise NotImplementedError(f"GridSample padding_mode {padding!r} (zeros, border)")
-  batch, channels, h, w = x.shape
-  _, ho, wo, _ = grid.shape
-  grid = grid.float().reshape(batch, ho * wo, 1, 2)
+  if mode not in ("bilinear", "nearest", "bicubic"): raise NotImplementedError(f"GridSample mode {mode!r}")
+  if padding not in ("zeros", "border", "reflection"): raise NotImplementedError(f"GridSample padding_mode {padding!r}")
+  batch, channels, *size = x.shape
+  out_size, nd = grid.shape[1:-1], len(size)
+  points, pixels = math.prod(out_size), math.prod(size)
+  grid = grid.float().reshape(batch, points, 1, nd)
+  strides = [math.prod(size[k + 1:]) for k in range(nd)]
+  pixel = Tensor(np.arange(pixels, dtype=np.int32).reshape(1, 1, -1))
 
-  def unnormalize(g, size):
-    pos = (g + 1) * ((size - 1) / 2) if align else ((g + 1) * size - 1) / 2
-    return pos.clip(0, size - 1) if padding == "border" else pos
-  px, py = unnormalize(grid[..., 0], w), unnormalize(grid[..., 1], h)     # (B, P, 1)
-  pixel = Tensor(np.arange(h * w, dtype=np.int32).reshape(1, 1, -1))      # (1, 1, Q)
+  def coordinate(k):   # spatial axis k reads grid component nd-1-k (x is the last axis)
+    d, g = size[k], grid[..., nd - 1 - k]
+    pos = (g + 1) * ((d - 1) / 2) if align else ((g + 1) * d - 1) / 2
+    lo, hi = (0.0, d - 1.0) if align else (-0.5, d - 0.5)
+    if padding == "border": return pos.clip(0, d - 1)
+    return _reflect(pos, lo, hi) if padding == "reflection" else pos
 
-  def tap(iy, ix, weight):
-    inside = (iy >= 0).logical_and(iy <= h - 1).logical_and(ix >= 0).logical_and(ix <= w - 1)
-    at = (iy * w + ix).cast(np.int32)
-    return pixel.eq(at).logical_and(inside).where(weight, 0.0)
-  if mode == "nearest":
-    weights = tap(py.round(), px.round(), 1.0)
-  else:
-    x0, y0 = px.floor(), py.floor()
-    fx, fy = px - x0, py - y0
-    weights = (tap(y0, x0, (1 - fy) * (1 - fx)) + tap(y0, x0 + 1, (1 - fy) * fx) + tap(y0 + 1, x0, fy * (1 - fx)) +
-               tap(y0 + 1, x0 + 1, fy * fx))                                # (B, P, Q)
-  out = (x.float().reshape(batch, channels, 1, h * w) * weights.reshape(batch, 1, ho * wo, h * w)).sum(-1)
-  return out.reshape(batch, channels, ho, wo).cast(x.dtype)
+  def taps(k):   # [(index, weight)] along axis k
+    pos = coordinate(k)
+    if mode == "nearest": return [(pos.round(), 1.0)]
+    base = pos.floor()
+    t = pos - base
+    if mode == "bilinear": return [(base, 1 - t), (base + 1, t)]
+    a = -0.75
+    w = [((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a, ((a + 2) * t - (a + 3)) * t * t + 1,
+         ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1]
+    return [(base - 1, w[0]), (base, w[1]), (base + 1, w[2]), (base + 2, 1 - w[0] - w[1] - w[2])]
+
+  def place(k, index):   # (flat offset part, inside) for a tap index along axis k
+    d = size[k]
+    if padding == "zeros": return index * strides[k], (index >= 0).logical_and(index <= d - 1)
+    if padding == "reflection" and mode == "bicubic":
+      lo, hi = (0.0, d - 1.0) if align else (-0.5, d - 0.5)
+      index = _reflect(index, lo, hi).floor()
+    return index.clip(0, d - 1) * strides[k], None
+
+  weights = None
+  per_axis = [taps(k) for k in range(nd)]
+  for combo in np.ndindex(*[len(t) for t in per_axis]):
+    offset, inside, weight = 0, None, 1.0
+    for k, j in enumerate(combo):
+      index, w = per_axis[k][j]
+      part, ok = place(k, index)
+      offset, weight = offset + part, weight * w
+      if ok is not None: inside = ok if inside is None else inside.logical_and(ok)
+    hit = pixel.eq(offset.cast(np.int32))
+    if inside is not None: hit = hit.logical_and(inside)
+    term = hit.where(weight, 0.0)
+    weights = term if weights is None else weights + term     # (B, P, Q)
+  out = (x.float().reshape(batch, channels, 1, pixels) * weights.reshape(batch, 1, points, pixels)).sum(-1)
+  return out.reshape(batch, channels, *out_size).cast(x.dtype)
+
+
+def _reflect(pos: Tensor, lo: float, hi: float) -> Tensor:
+  """pos folded back into [lo, hi] by reflecting at the borders as often as needed."""
+  span = hi - lo
+  if span <= 0: return Tensor.full(pos.shape, lo, pos.dtype)
+
+  def fold(dx, near, far):   # dx >= 0 past the `near` border
+    k = (dx / span).floor()
+    r = dx - k * span
+    even = (k - (k / 2).floor() * 2).eq(0)
+    return even.where(near + r if near == lo else near - r, far - r if far == hi else far + r)
+  below, above = pos < lo, pos > hi
+  return below.where(fold(lo - pos, lo, hi), above.where(fold(pos - hi, hi, lo), pos))
+
+
+# ---------------------------------------------------------------- inverse trigonometry (no primitive: a polynomial)
+def atan(x: Tensor) -> Tensor:
+  """Cephes' single-precision arctangent: |x| reduced to [0, tan(pi/8)] around 0, pi/4 or pi/2, then an odd
+  polynomial (about 1e-7 relative error)."""
+  x = x._float()
+  a = x.abs()
+  big, mid = a > 2.414213562373095, a > 0.4142135623730950
+  t = big.where(-1 / a, mid.where((a - 1) / (a + 1), a))
+  base = big.where(math.pi / 2, mid.where(math.pi / 4, 0.0))
+  z = t * t
+  r = base + (((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1) * z * t + t
+  return (x < 0).where(-r, r)
+
+
+OPS["Atan"] = lambda n: cast(np.arctan(n.inputs[0]) if not is_tensor(n.inputs[0]) else atan(n.tensor(0)), n.inputs[0].dtype)
+OPS["Asin"] = lambda n: cast(np.arcsin(n.inputs[0]) if not is_tensor(n.inputs[0]) else
+                             atan(n.tensor(0) / ((1 - n.tensor(0)) * (1 + n.tensor(0))).sqrt()), n.inputs[0].dtype)
+OPS["Acos"] = lambda n: cast(np.arccos(n.inputs[0]) if not is_tensor(n.inputs[0]) else
+                             atan(((1 - n.tensor(0)) / (1 + n.tensor(0))).sqrt()) * 2, n.inputs[0].dtype)
+
+
+# ---------------------------------------------------------------- sequence-model blocks
+@op("SwiGLU")
+def swiglu(n):
+  a, b = n.tensor(0), n.tensor(1)
+  return (a * (a * n.get("alpha", 1.0)).sigmoid() * b).cast(a.dtype)
+
+
+@op("CausalConvWithState")
+def causal_conv_with_state(n):
+  """Depthwise causal conv1d over [past_state, input] (k-1 zeros without a state); present_state is the last k-1
+  positions of that concatenation. k shifted products, summed."""
+  x, w = n.tensor(0), n.tensor(1)
+  batch, channels, length = x.shape
+  k = w.shape[2]
+  past = n.tensor(3) if n.has(3) else Tensor.full((batch, channels, k - 1), 0, x.dtype)
+  padded = Tensor.cat(past.cast(x.dtype), x, axis=2).float()
+  out = None
+  for j in range(k):
+    term = padded[:, :, j:j + length] * w[:, 0, j].float().reshape(1, channels, 1)
+    out = term if out is None else out + term
+  if n.has(2): out = out + n.tensor(2).float().reshape(1, channels, 1)
+  if n.get("activation", "none") in ("silu", "swish"): out = out * out.sigmoid()
+  elif n.get("activation", "none") != "none": raise NotImplementedError(f"activation {n.get('activation')!r}")
+  return out.cast(x.dtype), padded[:, :, padded.shape[2] - (k - 1):].cast(x.dtype)
+
+
+@op("LinearAttention")
+def linear_attention(n):
+  """The recurrence (linear, gated, delta, gated_delta) unrolled over the (static) sequence length."""
+  q, k, v = (n.tensor(i) for i in range(3))
+  hq, hkv, rule = n.get("q_num_heads"), n.get("kv_num_heads"), n.get("update_rule", "gated_delta")
+  if not hq or not hkv or hq % hkv: raise ValueError(f"q_num_heads {hq} must be a positive multiple of kv_num_heads {hkv}")
+  batch, steps, _ = q.shape
+  dk, dv, group = q.shape[-1] // hq, v.shape[-1] // hkv, hq // hkv
+
+  def heads(t, h): return t.float().reshape(batch, steps, h, -1).permute(0, 2, 1, 3)   # (B, H, T, D)
+  q4, k4, v4 = heads(q, hq), heads(k, hkv), heads(v, hkv)
+  decay = heads(n.tensor(4), hkv) if n.has(4) else None
+  beta = n.tensor(5).float().reshape(batch, steps, -1, 1).permute(0, 2, 1, 3) if n.has(5) else None
+  if (decay is None) == (rule in ("gated", "gated_delta")) or (beta is None) == (rule in ("delta", "gated_delta")):
+    raise ValueError(f"update_rule {rule!r} does not match the decay/beta inputs given")
+  state = n.tensor(3).float() if n.has(3) else Tensor.full((batch, hkv, dk, dv), 0, np.float32)
+  scale = n.get("scale", 0.0) or 1 / math.sqrt(dk)
+  outs = []
+  for t in range(steps):
+    k_t, v_t = k4[:, :, t], v4[:, :, t]
+    if decay is not None: state = state * decay[:, :, t].exp().unsqueeze(-1)
+    if beta is not None: v_t = beta[:, :, t] * (v_t - (state * k_t.unsqueeze(-1)).sum(2))
+    state = state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+    read = state if group == 1 else state.unsqueeze(2).expand(batch, hkv, group, dk, dv).reshape(batch, hq, dk, dv)
+    outs.append((q4[:, :, t].unsqueeze(-1) * read).sum(2) * scale)            # (B, Hq, dv)
+  out = Tensor.stack(outs, axis=2).permute(0, 2, 1, 3).reshape(batch, steps, hq * dv)
+  return out.cast(q.dtype), state.cast(n.inputs[3].dtype if n.has(3) else q.dtype).contiguous()
+
+
+@op("TensorScatter")
+def tensor_scatter(n):
+  """present = past with `update` written along `axis` from each batch's write index (modulo the length when
+  circular): each cache position picks its update position by a one-hot compare."""
+  past, update = n.tensor(0), n.tensor(1)
+  axis = axis_of(n.get("axis", -2), past.ndim)
+  if axis == 0: raise ValueError("TensorScatter along the batch axis")
+  size, length = past.shape[axis], update.shape[axis]
+  starts = n.tensor(2).cast(np.int64) if n.has(2) else Tensor.full((past.shape[0],), 0, np.int64)
+  pl, back = _last_axis(past, axis)
+  ul, _ = _last_axis(update, axis)
+  rel = Tensor(np.arange(size, dtype=np.int64)).reshape(1, -1) - starts.reshape(-1, 1)            # (B, M)
+  if n.get("mode", "linear") == "circular": rel = rel.mod(size)
+  rel = rel.reshape(past.shape[0], *[1] * (pl.ndim - 2), size, 1)
+  hot = rel.eq(Tensor(np.arange(length, dtype=np.int64)))                                           # (B, 1.., M, L)
+  picked = select_sum(hot, ul.unsqueeze(-2).expand(*pl.shape, length))
+  written = hot.cast(np.int32).max(-1) > 0
+  return permute(written.where(picked, pl), back)
+
+
+@op("AffineGrid")
+def affine_grid(n):
+  """Sampling positions theta @ [x, y, (z,) 1] over an evenly spaced grid in [-1, 1] (size known at compile time)."""
+  theta = n.tensor(0)
+  size = [int(s) for s in n.static(1).reshape(-1)]
+  spatial, align = size[2:], bool(n.get("align_corners", 0))
+
+  def axis(d):
+    if align: return np.linspace(-1, 1, d) if d > 1 else np.array([-1.0])
+    return (2 * np.arange(d) + 1) / d - 1
+  mesh = np.meshgrid(*[axis(d) for d in spatial], indexing="ij")             # per axis, (D,) H, W
+  base = np.stack([*reversed(mesh), np.ones_like(mesh[0])], -1).reshape(-1, len(spatial) + 1).astype(np.float32)
+  grid = (theta.float().unsqueeze(1) * Tensor(base).reshape(1, -1, 1, len(spatial) + 1)).sum(-1)   # (N, P, nd)
+  return grid.reshape(theta.shape[0], *spatial, len(spatial)).cast(theta.dtype)

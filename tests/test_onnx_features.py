@@ -9,7 +9,9 @@ from edgeml.lazy import Node
 from edgeml.onnx import OnnxModel
 from edgeml.ops import Op
 from edgeml.tensor import Tensor
-from tools.compile import compile_model, main as compile_main, parse_consts, parse_shapes
+from tools.compile import main as compile_main, parse_consts, parse_shapes
+try: from edgeml.compile import compile_model
+except ImportError: from tools.compile import compile_model   # before compile_model moved into edgeml/compile.py
 
 rng = np.random.default_rng(13)
 F = TensorProto.FLOAT
