@@ -68,10 +68,12 @@ def signed(model, tmp_path_factory):
 
 @pytest.fixture
 def main_here(monkeypatch):
-  """tools.modeld.main run in this process, its SystemExit message returned (None if it returned); the signal
-  handlers main installs and the variables it sets are restored after the test."""
+  """tools.modeld.main run in this process, its SystemExit message returned (None if it started: it then returns
+  at once instead of waiting for a camera); the signal handlers main installs and the variables it sets are restored
+  after the test."""
   from tools import modeld
   handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  monkeypatch.setattr(modeld.ModelDaemon, "connect", lambda *_a, **_k: False)
   monkeypatch.delenv("EDGEML_TRUSTED_KEYS", raising=False)
   monkeypatch.setenv("EDGEML_DEVICE", os.environ.get("EDGEML_DEVICE", ""))
 
@@ -533,7 +535,7 @@ def test_signature_refusals_are_one_line(main_here, model, signed):
 
 def test_an_unsigned_artifact_is_refused_by_the_console_script(model, signed, bus):
   done = subprocess.run([sys.executable, "-m", "tools.modeld", str(model), "--require-signature", "--trusted-key",
-                         str(signed["trusted.pub"])], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                         str(signed["trusted.pub"])], cwd=ROOT, capture_output=True, text=True, timeout=WAIT_S)
   assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
   assert done.stderr.count("\n") == 1 and "unsigned, and signatures are required" in done.stderr, done.stderr
 
@@ -562,7 +564,36 @@ def test_device_flag_sets_the_device_before_it_is_opened(main_here, model, monke
 
 def test_an_unknown_device_is_one_line(model, bus):
   done = subprocess.run([sys.executable, "-m", "tools.modeld", str(model), "--device", "no-such-device-xyz"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=WAIT_S)
   assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
   assert done.stderr.count("\n") == 1 and "--device 'no-such-device-xyz' matches no OpenCL device" in done.stderr, \
     done.stderr
+
+
+def test_status_line_medians_and_a_closed_stdout(monkeypatch, capsys):
+  """The line's p50s are the medians of what was added in the interval (statistics.median as the reference), the
+  next interval starts empty, and a stdout that is gone stops the lines, not the daemon."""
+  import statistics
+  from types import SimpleNamespace
+  from tools.modeld import Status
+  rng = np.random.default_rng(3)
+  latency, wall, device = (rng.uniform(1e-3, 5e-2, 7) for _ in range(3))
+  daemon = SimpleNamespace(frames_in=9, outputs=7, drops=SimpleNamespace(total=2), malformed=lambda: 4)
+  status = Status(1.0, now=10.0)
+  for sample in zip(latency, wall, device): status.add(*sample)
+  assert not status.due(10.5) and status.due(11.0)
+  status.report(daemon, 11.0)
+  first, = status_lines(capsys.readouterr().out)
+  assert (first["frames_in"], first["frames_out"], first["dropped"], first["malformed"]) == (9, 7, 2, 4)
+  assert first["interval"] == 1.0 and first["published"] == 7
+  for name, values in (("latency", latency), ("wall", wall), ("device", device)):
+    assert abs(first[name] - 1e3 * statistics.median(values)) <= 0.005 + 1e-9, name
+  status.report(daemon, 12.0)
+  assert status_lines(capsys.readouterr().out)[0]["published"] is None  # "no frames" in the second interval
+
+  class Gone:
+    def write(self, _text): raise BrokenPipeError(32, "Broken pipe")
+    def flush(self): raise BrokenPipeError(32, "Broken pipe")
+  monkeypatch.setattr(sys, "stdout", Gone())
+  status.report(daemon, 13.0)
+  assert not status.due(100.0)

@@ -104,6 +104,11 @@ class Status:
     self.since, self.latency, self.wall, self.device = now, [], [], []
     return head + tail
 
+  def report(self, daemon: "ModelDaemon", now: float) -> None:
+    """Print the line; if stdout is gone (a closed pipe), stop reporting and keep running."""
+    try: print(self.line(daemon, now), flush=True)
+    except OSError: self.every_s = 0
+
 
 class ModelDaemon:
   def __init__(self, program, config, log=print):
@@ -161,7 +166,7 @@ class ModelDaemon:
       while not stop:
         if (frame := self.clients[self.cameras[0]].recv(100)) is not None:
           self.step(frame)
-        if self.status.due(now := time.monotonic()): print(self.status.line(self, now), flush=True)
+        if self.status.due(now := time.monotonic()): self.status.report(self, now)
     finally:
       gc.enable()
 
