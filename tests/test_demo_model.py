@@ -85,6 +85,7 @@ def test_the_demo_compiles_once_and_reuses_the_artifact(tmp_path, monkeypatch, c
   artifact = demo.compiled_artifact(model)
   first = artifact.stat().st_mtime_ns
   assert "compiling" in capsys.readouterr().out and artifact.is_file()
+  assert (tmp_path / "small.modeld.json").is_file()  # the config where modeld looks for it
   assert demo.compiled_artifact(model) == artifact and artifact.stat().st_mtime_ns == first
   assert "reusing" in capsys.readouterr().out
   demo_model.build_small(str(model), 16, 32, hidden=8, seed=1)
