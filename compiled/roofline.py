@@ -94,24 +94,27 @@ def measure(device: Device, budget: float = 0.2) -> Peaks:
   program = device.build(SOURCE, OPTIONS)
   local = min(64, dev.max_work_group_size)
   items = dev.max_compute_units * local * (4 if _is_cpu(device) else 32)
+  nbytes = min(dev.max_mem_alloc_size // 2, (64 if _is_cpu(device) else 512) << 20) // (16 * local) * 16 * local
   out = cl.Buffer(device.ctx, cl.mem_flags.WRITE_ONLY, items * 4)
-  fma = cl.Kernel(program, "fma_peak")
-  fma.set_args(out, np.float32(0.999), np.float32(0.001), np.int32(0))
-  iters, best_flops, deadline = 64, 0.0, time.perf_counter() + budget / 2
-  while True:  # grow the loop until a launch takes 2 ms, then repeat it while the budget lasts
+  src, dst = (cl.Buffer(device.ctx, cl.mem_flags.READ_WRITE, nbytes) for _ in range(2))
+  cl.enqueue_fill_buffer(queue, src, np.float32(1), 0, nbytes)
+  fma, copy, read = (cl.Kernel(program, name) for name in ("fma_peak", "copy_peak", "read_peak"))
+  fma.set_args(out, np.float32(0.999), np.float32(0.001), np.int32(1))
+  copy.set_args(dst, src)
+  read.set_args(out, src)
+  for kernel in (fma, copy, read):  # untimed: some drivers (PoCL) generate machine code at the first launch
+    cl.enqueue_nd_range_kernel(queue, kernel, (local,), (local,))
+  queue.finish()
+
+  iters, best_flops, runs, deadline = 64, 0.0, 0, time.perf_counter() + budget / 2
+  while runs < 3 or time.perf_counter() < deadline:  # grow the loop until a launch takes 2 ms, then repeat it
     fma.set_arg(3, np.int32(iters))
     s = _seconds(cl.enqueue_nd_range_kernel(queue, fma, (items,), (local,)))
     best_flops = max(best_flops, items * iters * WIDTH * CHAINS * 2 / max(s, 1e-9))
-    if time.perf_counter() > deadline: break
     if s < 2e-3 and iters < 1 << 20: iters *= 2
+    else: runs += 1
 
-  nbytes = min(dev.max_mem_alloc_size // 2, (64 if _is_cpu(device) else 512) << 20) // (16 * local) * 16 * local
-  src, dst = (cl.Buffer(device.ctx, cl.mem_flags.READ_WRITE, nbytes) for _ in range(2))
-  cl.enqueue_fill_buffer(queue, src, np.float32(1), 0, nbytes)
-  copy, read = cl.Kernel(program, "copy_peak"), cl.Kernel(program, "read_peak")
-  copy.set_args(dst, src)
-  read.set_args(out, src)
-  best_bw, deadline, runs = 0.0, time.perf_counter() + budget / 2, 0
+  best_bw, runs, deadline = 0.0, 0, time.perf_counter() + budget / 2
   while runs < 3 or time.perf_counter() < deadline:  # the better of a copy (read + write) and a read alone
     for kernel, traffic in ((copy, 2 * nbytes), (read, nbytes)):
       s = _seconds(cl.enqueue_nd_range_kernel(queue, kernel, (nbytes // 16,), (local,)))
