@@ -27,6 +27,7 @@ from compiled.atomic import write_atomic
 from compiled.device import Device, cache_dir, cache_writable
 
 WIDTH, CHAINS = 8, 8  # float8 x 8 independent chains: 128 FLOP per work item per loop iteration
+VERSION = 2  # of the measurement: a new benchmark or procedure makes new cache entries
 OPTIONS = "-cl-mad-enable"  # a * b + c may become one fused multiply-add where the device has one (mad() need not)
 
 SOURCE = f"""
@@ -125,7 +126,7 @@ def measure(device: Device, budget: float = 0.2) -> Peaks:
 
 def cache_path(device: Device) -> str:
   dev = device.dev
-  key = "\0".join((dev.platform.version, dev.name, dev.driver_version, SOURCE, OPTIONS))  # a new benchmark: new entry
+  key = "\0".join((str(VERSION), dev.platform.version, dev.name, dev.driver_version, SOURCE, OPTIONS))
   return os.path.join(cache_dir(), "roofline", hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
 
 
