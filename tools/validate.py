@@ -13,17 +13,8 @@ import sys
 import zipfile
 
 import numpy as np
-
-
-def random_feeds(specs, seed: int = 0) -> dict:
-  rng = np.random.default_rng(seed)
-  feeds = {}
-  for s in specs:
-    dtype = np.dtype(s.dtype)
-    if dtype.kind == "f": feeds[s.name] = rng.standard_normal(s.shape).astype(dtype)
-    elif dtype.kind == "b": feeds[s.name] = rng.random(s.shape) < 0.5
-    else: feeds[s.name] = rng.integers(0, 10, s.shape).astype(dtype)
-  return feeds
+from compiled.choice import add_device_arguments, use_device
+from compiled.feeds import random_feeds
 
 
 def compare(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> tuple[float, float, bool]:
@@ -58,13 +49,15 @@ def main(argv=None):
   ap.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance: an element passes when "
                   "|edgeml - onnxruntime| <= atol + rtol * |onnxruntime| (default 1e-3)")
   ap.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance, see --rtol (default 1e-4)")
+  add_device_arguments(ap)
   args = ap.parse_args(argv)
+  use_device(args.device)
   import compiled
   from compiled.artifact import ArtifactError
   from compiled.device import DeviceError
   if not os.path.isfile(args.model): raise SystemExit(f"edgeml-validate: no such model file: {args.model}")
   session = reference_session(args.model)
-  try: prog = compiled.load(args.artifact)
+  try: prog = compiled.load(args.artifact, allow_target_mismatch=args.allow_target_mismatch)
   except (OSError, ArtifactError, DeviceError) as e: raise SystemExit(f"edgeml-validate: {e}")
   if args.inputs:
     try:
