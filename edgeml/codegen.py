@@ -149,6 +149,7 @@ class _Renderer:
     self.count, self.trips, self.flops = 0, 1, 0
     self.pending: list[tuple] = []     # fused-reduce requests: (node, index, validity, accumulator name)
     self.loop_statements = 0           # statements the reduce executes per work item (a vector one counts once)
+    self.extra = 0                     # statements beyond one that emitted lines cost (a stride-2 lane read: 3)
 
   def compute_type(self, dtype) -> str:
     return "float" if dtype.type is np.float16 else ctype(dtype)   # half is a storage type: math in float
@@ -238,7 +239,9 @@ class _Renderer:
       reads = [self._texel(n, rest // 4 + i) for i in range(self.width // 4)]
       return reads[0] if self.width == 4 else f"(float8)({reads[0]},{reads[1]})"
     vload, w, at = ("vload_half" if n.dtype.type is np.float16 else "vload"), self.width, f"data{self.args[id(n)]}+{rest.render()}"
-    if coef == 2: return f"(float{w})({vload}{w}(0,{at}).even,{vload}{w}(0,{at}+{w - 1}).odd)"
+    if coef == 2:   # two loads and a shuffle
+      self.extra += 2
+      return f"(float{w})({vload}{w}(0,{at}).even,{vload}{w}(0,{at}+{w - 1}).odd)"
     return f"{vload}{w}(0,{at})"
 
   def _by_lane(self, conds: tuple) -> tuple[tuple, tuple]:
@@ -324,7 +327,7 @@ class _Renderer:
       trips *= steps
     if self.reduce_lanes: loops[axes[-1]] = loops[axes[-1]] * self.width + Lin.of(self.lane)
     self.lines, self.scopes, self.trips = lines, [{}], trips
-    header = len(lines)
+    header, extra = len(lines), self.extra
     for values in itertools.product(*(range(src.shape[ax]) for ax in unrolled)):
       fixed = {**loops, **{ax: Lin.of(v) for ax, v in zip(unrolled, values)}}
       for _, idx, valid, acc in self.pending:
@@ -335,7 +338,7 @@ class _Renderer:
         elif acc in self.vectors: self.lines.append(f"{acc} = fmax({acc},{self.as_vector(v)});")
         else: self.lines.append(f"{acc} = ({v}>{acc}?{v}:{acc});")
         self.flops += self.trips * (self.width if acc in self.vectors or self.reduce_lanes else 1)
-    self.loop_statements = (len(self.lines) - header) * self.trips
+    self.loop_statements = (len(self.lines) - header + self.extra - extra) * self.trips
     self.lines += ["}"] * len(loops)
     if self.reduce_lanes:
       self.lines += [f"float {acc} = " + "+".join(f"{sums[acc]}.s{i:x}" for i in range(self.width)) + ";"

@@ -57,7 +57,9 @@ def test_every_variant_computes_the_same(case):
     except NotVectorizable: continue
     kernel = cl.Kernel(dev.build(program_source([k])), k.name)
     buf = dev.alloc(k.out.nbytes)
-    kernel.set_args(buf, *[n.buffer for n in k.loads])
+    args = [n.buffer if isinstance(n.buffer, cl.MemoryObjectHolder) else dev.upload(np.ascontiguousarray(n.buffer))
+            for n in k.loads]   # a Tensor's data may still be on the host
+    kernel.set_args(buf, *args)
     cl.enqueue_nd_range_kernel(dev.queue, kernel, k.global_size, k.local_size)
     got = dev.download(buf, k.out.shape, k.out.dtype).reshape(want.shape)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{case} {shape}")

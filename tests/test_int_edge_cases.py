@@ -234,7 +234,9 @@ def _every_variant(out: Tensor, want: np.ndarray) -> int:
     try: k = render_shape(item, shape, kernel_name(item))
     except NotVectorizable: continue
     buf = dev.alloc(k.out.nbytes)
-    cl.Kernel(dev.build(program_source([k])), k.name)(dev.queue, k.global_size, k.local_size, buf, *[n.buffer for n in k.loads])
+    args = [n.buffer if isinstance(n.buffer, cl.MemoryObjectHolder) else dev.upload(np.ascontiguousarray(n.buffer))
+            for n in k.loads]   # a Tensor's data may still be on the host
+    cl.Kernel(dev.build(program_source([k])), k.name)(dev.queue, k.global_size, k.local_size, buf, *args)
     got = dev.download(buf, k.out.shape, k.out.dtype).reshape(want.shape)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{shape}")
     lanes += shape.width > 1
