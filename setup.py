@@ -17,6 +17,7 @@ setup(
     entry_points={"console_scripts": [
         "edgeml-compile=tools.compile:main",
         "edgeml-keygen=tools.keygen:main",
+        "edgeml-tune=tools.tune:main",
         "edgeml-validate=tools.validate:main",
         "edgeml-inspect=tools.inspect_artifact:main",
         "edgeml-bench=tools.bench:main",

@@ -14,6 +14,22 @@ struct Program {
   kernels @7 :List(Kernel);
   arenaSize @8 :UInt64;
   align @9 :UInt32;           # arena and weights offsets are multiples of this
+  choices @10 :List(Choice);  # on-device tuning (edgeml-tune): which candidate each kernel uses on a device
+}
+
+# Another rendering of a kernel (same name, same arguments): its whole `__kernel` function and its launch sizes
+struct Candidate {
+  source @0 :Text;
+  globalSize @1 :List(UInt64);
+  localSize @2 :List(UInt64);
+}
+
+# The candidates timed fastest on one device: picks[i] for kernels[i], 0 the kernel in Program.source, j its
+# candidates[j - 1]. Unique by (device, driver), sorted by them.
+struct Choice {
+  device @0 :Text;            # platform / device name (type), as compiled.device.describe writes it
+  driver @1 :Text;            # CL_DRIVER_VERSION
+  picks @2 :List(UInt8);
 }
 
 struct Tensor {
@@ -56,6 +72,8 @@ struct Kernel {
   flops @4 :UInt64;           # an estimate, for inspect and profile
   bytes @5 :UInt64;           # the bytes of its buffer arguments (an image: its data without row padding); the loader
                               # checks it, so an argument pointed at another buffer does not add up
+  candidates @6 :List(Candidate);  # other renderings worth timing on the device (at most 3), fastest first by the
+                                   # compiler's order
 }
 
 struct Arg {

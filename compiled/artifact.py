@@ -19,7 +19,7 @@ import hashlib
 import math
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from compiled.atomic import write_atomic
 from compiled.kernelsig import ELEMENT_BYTES, SourceError, kernels_of
 from compiled.targets import TARGETS
@@ -37,6 +37,7 @@ BUFFER_KINDS = ("arena", "weights", "input", "output", "image")
 IMAGE_FORMATS = {"float32": 16, "float16": 8}  # image_format -> bytes per RGBA texel
 IMAGE_PITCH_ALIGN = 64  # bytes; image rows start at multiples of this
 IMAGE_MAX_SIDE = 65535  # imageWidth and imageHeight are UInt16 in the header
+MAX_CANDIDATES = 3  # other renderings per kernel (with the kernel itself, 4 to time on the device)
 MAX_TENSOR_BYTES_ENV = "EDGEML_MAX_TENSOR_BYTES"
 DEFAULT_MAX_TENSOR_BYTES = 256 << 20  # each input and output; EDGEML_MAX_TENSOR_BYTES or max_tensor_bytes= changes it
 CTYPE_OF = {"float32": "float", "float16": "half", "float64": "double", "int8": "char", "uint8": "uchar", "int16": "short",
@@ -76,6 +77,24 @@ class BufferSpec:
 
 
 @dataclass
+class CandidateSpec:
+  """Another rendering of a kernel for on-device tuning: the whole `__kernel` function (same name and arguments) and
+  its launch sizes."""
+  source: str
+  global_size: tuple[int, ...]
+  local_size: tuple[int, ...] | None
+
+
+@dataclass
+class ChoiceSpec:
+  """What edgeml-tune measured fastest on one device: picks[i] for kernel i, 0 the kernel in the program source,
+  j its candidates[j - 1]."""
+  device: str   # compiled.device.describe() of the device
+  driver: str   # its CL_DRIVER_VERSION
+  picks: list[int]
+
+
+@dataclass
 class KernelSpec:
   name: str  # entry point in ProgramSpec.source, unique
   global_size: tuple[int, ...]
@@ -83,6 +102,7 @@ class KernelSpec:
   args: list[tuple[str, int | float]]  # ('buffer', buffer id) | ('int32', v) | ('float32', v)
   flops: int
   bytes: int  # the bytes of its buffer arguments (an image: its data without row padding), checked by validate
+  candidates: list[CandidateSpec] = field(default_factory=list)  # for on-device tuning (compiled/tune.py)
 
 
 @dataclass
@@ -98,6 +118,7 @@ class ProgramSpec:
   arena_size: int
   align: int  # byte alignment of arena and weights offsets
   weights: bytes | memoryview
+  choices: list[ChoiceSpec] = field(default_factory=list)  # by (device, driver), sorted and unique
 
 
 @dataclass
@@ -276,6 +297,49 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
   for n, k in enumerate(spec.kernels):
     _validate_reads(spec, k, declared[k.name], f"kernel {n} ({k.name!r})", fail)
     _validate_bytes(spec, k, f"kernel {n} ({k.name!r})", fail)
+    _validate_candidates(spec, k, declared[k.name], f"kernel {n} ({k.name!r})", fail)
+  _validate_choices(spec, fail)
+
+
+def _validate_candidates(spec: ProgramSpec, k: KernelSpec, decl, what: str, fail) -> None:
+  """Each candidate is one `__kernel` function of the kernel's name and parameters (nothing around it that could
+  change the rest of the program once spliced in: no comment, no preprocessor line), whose launch and reads pass the
+  checks the kernel itself passes."""
+  if not isinstance(k.candidates, list) or len(k.candidates) > MAX_CANDIDATES:
+    fail(f"{what} has more than {MAX_CANDIDATES} candidates")
+  out = next(v for (kind, v), p in zip(k.args, decl.params) if kind == "buffer" and p.writes)
+  for j, c in enumerate(k.candidates):
+    at = f"{what} candidate {j + 1}"
+    if not isinstance(c.source, str) or any(bad in c.source for bad in ("/*", "//", "#")):
+      fail(f"{at}: the source is not text of one kernel function (no comments, no preprocessor lines)")
+    try: found = kernels_of(c.source)
+    except SourceError as e: fail(f"{at}: {e}")
+    from compiled.variants import function_span
+    span = function_span(c.source, k.name)
+    if list(found) != [k.name] or span is None or c.source[:span[0]].strip() or c.source[span[1]:].strip():
+      fail(f"{at}: the source must be exactly the function of kernel {k.name!r}, found {sorted(found)}")
+    cdecl = found[k.name]
+    if [(p.kind, p.writes, p.ctype) for p in cdecl.params] != [(p.kind, p.writes, p.ctype) for p in decl.params]:
+      fail(f"{at}: its parameters differ from the kernel's")
+    variant = KernelSpec(k.name, c.global_size, c.local_size, k.args, k.flops, k.bytes)
+    _validate_launch(spec, variant, cdecl, out, at, fail)
+    _validate_reads(spec, variant, cdecl, at, fail)
+
+
+def _validate_choices(spec: ProgramSpec, fail) -> None:
+  """One pick per kernel, each naming the kernel or one of its candidates; (device, driver) unique."""
+  seen = set()
+  for i, c in enumerate(spec.choices):
+    at = f"choice {i}"
+    if not (isinstance(c.device, str) and isinstance(c.driver, str) and c.device): fail(f"{at} has no device name")
+    if (c.device, c.driver) in seen: fail(f"{at}: a second choice for {c.device!r} driver {c.driver!r}")
+    seen.add((c.device, c.driver))
+    if len(c.picks) != len(spec.kernels):
+      fail(f"{at} ({c.device!r}) has {len(c.picks)} picks for {len(spec.kernels)} kernels")
+    for n, (pick, k) in enumerate(zip(c.picks, spec.kernels)):
+      if not (_is_int(pick) and 0 <= pick <= len(k.candidates)):
+        fail(f"{at} ({c.device!r}) picks candidate {pick} for kernel {n} ({k.name!r}), which has "
+             f"{len(k.candidates)} candidates besides itself")
 
 
 def _validate_reads(spec: ProgramSpec, k: KernelSpec, decl, what: str, fail) -> None:
@@ -364,6 +428,12 @@ def _header(spec: ProgramSpec) -> bytes:
     out.flops, out.bytes = k.flops, k.bytes
     for (kind, value), arg in zip(k.args, out.init("args", len(k.args))):
       setattr(arg, kind, value)
+    if k.candidates:
+      for c, cand in zip(k.candidates, out.init("candidates", len(k.candidates))):
+        cand.source, cand.globalSize, cand.localSize = c.source, list(c.global_size), list(c.local_size or ())
+  if spec.choices:
+    for c, choice in zip(spec.choices, msg.init("choices", len(spec.choices))):
+      choice.device, choice.driver, choice.picks = c.device, c.driver, list(c.picks)
   return msg.to_bytes()
 
 
@@ -468,14 +538,26 @@ def _spec_from(msg, weights: memoryview) -> ProgramSpec:
     for j, a in enumerate(_field(f"{at}.args", lambda: list(k.args))):
       kind = _enum(f"{at}.args[{j}]", lambda: a.which(), ARG_KINDS)
       args.append((kind, _field(f"{at}.args[{j}].{kind}", lambda: getattr(a, kind))))
+    candidates = []
+    for j, c in enumerate(_field(f"{at}.candidates", lambda: list(k.candidates))):
+      cat = f"{at}.candidates[{j}]"
+      candidates.append(CandidateSpec(_field(f"{cat}.source", lambda: str(c.source)),
+                                      _field(f"{cat}.globalSize", lambda: tuple(c.globalSize)),
+                                      _field(f"{cat}.localSize", lambda: tuple(c.localSize)) or None))
     kernels.append(KernelSpec(_field(f"{at}.name", lambda: str(k.name)), _field(f"{at}.globalSize", lambda: tuple(k.globalSize)),
                               _field(f"{at}.localSize", lambda: tuple(k.localSize)) or None, args,
-                              _field(f"{at}.flops", lambda: int(k.flops)), _field(f"{at}.bytes", lambda: int(k.bytes))))
+                              _field(f"{at}.flops", lambda: int(k.flops)), _field(f"{at}.bytes", lambda: int(k.bytes)),
+                              candidates))
+  choices = [ChoiceSpec(_field(f"choices[{i}].device", lambda: str(c.device)),
+                        _field(f"choices[{i}].driver", lambda: str(c.driver)),
+                        _field(f"choices[{i}].picks", lambda: [int(p) for p in c.picks]))
+             for i, c in enumerate(_field("choices", lambda: list(msg.choices)))]
   return ProgramSpec(
     target=_field("target", lambda: str(msg.target)), compiler_version=_field("compilerVersion", lambda: str(msg.compilerVersion)),
     source=_field("source", lambda: str(msg.source)), build_options=_field("buildOptions", lambda: str(msg.buildOptions)),
     inputs=tensors("inputs"), outputs=tensors("outputs"), buffers=buffers, kernels=kernels,
-    arena_size=_field("arenaSize", lambda: int(msg.arenaSize)), align=_field("align", lambda: int(msg.align)), weights=weights)
+    arena_size=_field("arenaSize", lambda: int(msg.arenaSize)), align=_field("align", lambda: int(msg.align)), weights=weights,
+    choices=choices)
 
 
 def read_artifact(path: str | os.PathLike, trusted_keys=None, require_signature: bool = False,

@@ -6,6 +6,8 @@ The choice is deterministic: all (platform, device) pairs are ordered GPU first,
 Built programs are cached on disk under EDGEML_CACHE_DIR (default ~/.cache/edgeml): driver binaries in `kernels/` where
 they are machine code (every driver but PoCL), and PoCL's own kernel cache in `pocl/` (POCL_CACHE_DIR, unless set),
 because PoCL's program binaries hold only bitcode and would be compiled again at the first enqueue.
+A program may also look in a folder of its own first (`beside`: the artifact's `NAME.cache/`, where edgeml-tune leaves
+the binary for its device), used when the driver accepts the binary and ignored when it does not.
 """
 import atexit
 import functools
@@ -101,18 +103,22 @@ class Device:
     self._programs: dict[tuple[str, str], cl.Program] = {}
     self._kernels: dict[tuple[str, str], cl.Kernel] = {}
 
-  def build(self, source: str, options: str = "") -> cl.Program:
+  def build(self, source: str, options: str = "", beside: str | None = None, save_beside: bool = False) -> cl.Program:
     """Build `source` once per process; later calls return the same program. Off PoCL the driver's binary is cached on
-    disk, keyed by device, driver, options and source, so a later process skips the compiler."""
+    disk, keyed by device, driver, options and source, so a later process skips the compiler. `beside`: a folder
+    searched first for that binary (named by the same key); `save_beside` writes it there."""
     if (prg := self._programs.get((source, options))) is None:
       binary_path = self._binary_path(source, options) if self.target.cache_binaries and cache_writable() else None
-      if (prg := self._from_binary(binary_path, options)) is None:
+      own = os.path.join(beside, self.binary_name(source, options)) if beside else None
+      prg = self._from_binary(own, options)
+      if prg is None and (prg := self._from_binary(binary_path, options)) is None:
         try: prg = cl.Program(self.ctx, source).build(options)
         except cl.RuntimeError:  # once more: PoCL's kernel cache can trip over another process's build (pocl#430)
           try: prg = cl.Program(self.ctx, source).build(options)
           except cl.RuntimeError as e: raise DeviceError(f"OpenCL build failed on {self.name}:\n{e}\n--- source ---\n{source}") from e
         if binary_path: write_atomic(binary_path, prg.binaries[0])
       self._programs[(source, options)] = prg
+    if beside and save_beside: write_atomic(os.path.join(beside, self.binary_name(source, options)), prg.binaries[0])
     return prg
 
   def kernel(self, source: str, name: str) -> cl.Kernel:
@@ -120,16 +126,21 @@ class Device:
     if (k := self._kernels.get((source, name))) is None: k = self._kernels[(source, name)] = cl.Kernel(self.build(source), name)
     return k
 
-  def _binary_path(self, source: str, options: str) -> str:
+  def binary_name(self, source: str, options: str) -> str:
+    """The file name of the program binary: a hash of platform, device, driver, options and source."""
     key = "\0".join((self.dev.platform.version, self.dev.name, self.dev.driver_version, options, source))
-    return os.path.join(cache_dir(), "kernels", hashlib.sha256(key.encode()).hexdigest() + ".bin")
+    return hashlib.sha256(key.encode()).hexdigest() + ".bin"
+
+  def _binary_path(self, source: str, options: str) -> str:
+    return os.path.join(cache_dir(), "kernels", self.binary_name(source, options))
 
   def _from_binary(self, path: str | None, options: str) -> cl.Program | None:
     """The program from a cached binary, or None when there is none or the driver rejects it (it is then rebuilt)."""
     if path is None or not os.path.exists(path): return None
-    with open(path, "rb") as f: binary = f.read()
-    try: return cl.Program(self.ctx, [self.dev], [binary]).build(options)
-    except cl.Error: return None
+    try:
+      with open(path, "rb") as f: binary = f.read()
+      return cl.Program(self.ctx, [self.dev], [binary]).build(options)
+    except (OSError, cl.Error): return None
 
   def alloc(self, nbytes: int) -> cl.Buffer:
     return cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(nbytes, 4))

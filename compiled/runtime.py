@@ -4,6 +4,9 @@
 (the arena and the weights as one device buffer each, the buffers of the plan as sub-buffers of them, one buffer and
 one host array per input and output), builds the single OpenCL program (cached, see compiled/device.py), binds every
 kernel's arguments, and runs the kernel list once so the driver generates its machine code now, not in the first frame.
+Where the artifact records a choice for this device (edgeml-tune, compiled/variants.py) the program is built with the
+chosen candidates spliced in; elsewhere with the artifact's own source. `load` also looks for the program binary in
+the folder `PATH.cache/` beside the artifact (where edgeml-tune leaves it) before the user's cache.
 A frame copies inputs in, enqueues the fixed kernel list, copies outputs out and finishes the queue once.
 """
 import os
@@ -16,6 +19,7 @@ from compiled.artifact import ArtifactError, BufferSpec, KernelSpec, ProgramSpec
 from compiled.debug import DEBUG, kernel_line, say
 from compiled.device import Device, DeviceError, default_device, list_devices
 from compiled.targets import target_of
+from compiled.variants import choice_for, device_key, variant
 
 SCALARS = {"int32": np.int32, "float32": np.float32}
 IMAGE_CHANNEL_TYPES = {"float32": cl.channel_type.FLOAT, "float16": cl.channel_type.HALF_FLOAT}
@@ -45,8 +49,14 @@ def load(path: str | os.PathLike, device: Device | None = None, allow_target_mis
   are the signers accepted; `require_signature` refuses unsigned artifacts; `max_tensor_bytes` caps each input and
   output (default EDGEML_MAX_TENSOR_BYTES, else 256 MiB). Anything wrong with the file is an ArtifactError."""
   spec = read_artifact(path, trusted_keys, require_signature, max_tensor_bytes)
+  beside = None if require_signature else cache_beside(path)   # a binary beside it is not covered by the signature
   return Program(spec, _device_for(spec, os.fspath(path), device, allow_target_mismatch), name=os.fspath(path),
-                 max_tensor_bytes=max_tensor_bytes, validated=True)
+                 max_tensor_bytes=max_tensor_bytes, validated=True, beside=beside)
+
+
+def cache_beside(path: str | os.PathLike) -> str:
+  """The folder beside an artifact where edgeml-tune leaves program binaries: PATH.cache"""
+  return os.fspath(path) + ".cache"
 
 
 class Program:
@@ -56,22 +66,30 @@ class Program:
   fill input_buffer(name) in place, execute(), read output_buffer(name) (a view, overwritten by the next execute).
   """
   def __init__(self, spec: ProgramSpec, device: Device, name: str = "program", max_tensor_bytes: int | None = None,
-               validated: bool = False):
+               validated: bool = False, beside: str | None = None, save_beside: bool = False, picks: list[int] | None = None):
+    """`beside`/`save_beside`: a folder for the program binary (Device.build); `picks`: the candidate of each kernel
+    (default: the artifact's choice for this device, else the kernels themselves)."""
     self.name, self.device = name, device
     if not validated: validate(spec, name, max_tensor_bytes)  # the whole structure, before anything is allocated
-    self._check_device_limits(spec)
-    try: self._setup(spec)
+    if picks is None:
+      choice = choice_for(spec, device_key(device.dev))
+      picks = choice.picks if choice is not None else [0] * len(spec.kernels)
+    self.picks = list(picks)
+    self.source, kernels = variant(spec, self.picks) if any(self.picks) else (spec.source, spec.kernels)
+    self._beside, self._save_beside = beside, save_beside
+    self._check_device_limits(spec, kernels)
+    try: self._setup(spec, kernels)
     except cl.Error as e: raise ArtifactError(f"{name}: {device.name} refused the program: {e}") from None
 
-  def _setup(self, spec: ProgramSpec) -> None:
+  def _setup(self, spec: ProgramSpec, kernels: list[KernelSpec]) -> None:
     """Allocate, build, bind and warm up (pyopencl errors are turned into an ArtifactError by __init__)."""
-    self.inputs, self.outputs, self.kernels = spec.inputs, spec.outputs, spec.kernels
+    self.inputs, self.outputs, self.kernels = spec.inputs, spec.outputs, kernels
     self._buffers = self._allocate(spec)  # held: a kernel does not keep its argument buffers alive
-    try: program = self.device.build(spec.source, spec.build_options)
+    try: program = self.device.build(self.source, spec.build_options, self._beside, self._save_beside)
     except DeviceError as e:
       log = str(e).split("--- source ---")[0].strip()[-600:]
       raise ArtifactError(f"{self.name}: the program source does not build on {self.device.name}: {log}") from None
-    self._launches = [self._bind(program, k) for k in spec.kernels]
+    self._launches = [self._bind(program, k) for k in kernels]
     self._events: list[cl.Event | None] = [None] * len(self._launches)
     self._host_inputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
     self._host_outputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.outputs}
@@ -79,7 +97,7 @@ class Program:
     self._downloads = [(self._host_outputs[t.name], self._buffers[t.buffer]) for t in self.outputs]
     self.execute()  # warm-up: machine code is generated at each kernel's first enqueue
 
-  def _check_device_limits(self, spec: ProgramSpec) -> None:
+  def _check_device_limits(self, spec: ProgramSpec, kernels: list[KernelSpec]) -> None:
     """Every allocation and launch within what the device allows (CL_DEVICE_MAX_*), before anything is allocated."""
     dev = self.device.dev
     def refuse(problem: str): raise ArtifactError(f"{self.name}: {problem}, more than {self.device.name} allows")
@@ -87,7 +105,7 @@ class Program:
     sizes += [(f"buffer {i} ({b.kind})", b.nbytes) for i, b in enumerate(spec.buffers) if b.kind in ("input", "output")]
     for what, n in sizes:
       if n > dev.max_mem_alloc_size: refuse(f"{what} is {n} bytes (CL_DEVICE_MAX_MEM_ALLOC_SIZE {dev.max_mem_alloc_size})")
-    for n, k in enumerate(spec.kernels):
+    for n, k in enumerate(kernels):
       what = f"kernel {n} ({k.name!r})"
       if len(k.global_size) > dev.max_work_item_dimensions:
         refuse(f"{what} has {len(k.global_size)} dimensions (CL_DEVICE_MAX_WORK_ITEM_DIMENSIONS {dev.max_work_item_dimensions})")

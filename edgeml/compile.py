@@ -8,6 +8,7 @@ import edgeml
 from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
 from compiled.device import default_device
 from compiled.targets import TARGETS, Target
+from edgeml.candidates import Recorder
 from edgeml.codegen import kernel_name, program_source, render
 from edgeml.lazy import Node
 from edgeml.memplan import Interval, plan_arena, liveness_lower_bound
@@ -148,12 +149,15 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
 
   choose = Tuner(dev, log) if tune else None
-  kernels = [render(it, name=f"k{i}_{kernel_name(it)}", choose=choose, images=images, target=target)
+  record = Recorder(choose)   # keeps each kernel's other variants for on-device tuning (edgeml/candidates.py)
+  kernels = [render(it, name=f"k{i}_{kernel_name(it)}", choose=record, images=images, target=target)
              for i, it in enumerate(items)]
+  source = program_source(kernels)
   specs = [KernelSpec(k.name, k.global_size, k.local_size,
-                      [("buffer", buffer_of[id(k.out)])] + [("buffer", buffer_of[id(n)]) for n in k.loads], k.flops, k.bytes)
+                      [("buffer", buffer_of[id(k.out)])] + [("buffer", buffer_of[id(n)]) for n in k.loads], k.flops, k.bytes,
+                      record.candidates(k, source))
            for k in kernels]
-  spec = ProgramSpec(target=target.name, compiler_version=edgeml.__version__, source=program_source(kernels),
+  spec = ProgramSpec(target=target.name, compiler_version=edgeml.__version__, source=source,
                      build_options=target.build_options, inputs=in_specs, outputs=out_specs, buffers=buffers,
                      kernels=specs, arena_size=arena_size, align=target.align, weights=bytes(blob))
   return Compiled(spec, folded, arena_size, sum(iv.nbytes for iv in intervals),

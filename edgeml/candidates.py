@@ -1,0 +1,35 @@
+"""The candidates an artifact carries for on-device tuning (edgeml-tune, compiled/tune.py).
+
+`Recorder` wraps render's `choose` hook: it sees every kernel's rendered variants, lets the wrapped chooser (the
+compile-time tuner, or none: the code generator's first) pick, and keeps for each kernel worth tuning (the
+compile-time tuner's MIN_FLOPS rule) up to MAX_CANDIDATES others, in the code generator's order.
+"""
+from compiled.artifact import MAX_CANDIDATES, CandidateSpec
+
+MIN_FLOPS = 2_000_000   # edgeml/tune.py's rule (not imported: that module opens OpenCL, compiling needs no device)
+
+LONG_HELPERS = ("floordiv_l(", "floormod_l(")   # defined in a program only where its kernels use them
+
+
+class Recorder:
+  def __init__(self, choose=None):
+    self.choose = choose
+    self.seen: dict[str, tuple[list, int]] = {}   # kernel name -> (its variants, the index chosen)
+
+  def __call__(self, kernels: list) -> int:
+    index = self.choose(kernels) if self.choose is not None else 0
+    self.seen[kernels[index].name] = (kernels, index)
+    return index
+
+  def candidates(self, kernel, program_source: str) -> list[CandidateSpec]:
+    """The other variants of `kernel` worth carrying (none for a small kernel), each one that builds in a program
+    whose helpers are those of `program_source`."""
+    variants, index = self.seen.get(kernel.name, ([], 0))
+    if kernel.flops < MIN_FLOPS: return []
+    out = []
+    for i, k in enumerate(variants):
+      if i == index or k.source == kernel.source: continue
+      if any(h in k.source and h not in program_source for h in LONG_HELPERS): continue
+      out.append(CandidateSpec(k.source, tuple(k.global_size), tuple(k.local_size) if k.local_size else None))
+      if len(out) == MAX_CANDIDATES: break
+    return out
