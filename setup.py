@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["edgeml*", "compiled*", "ipc*", "tools*"]),
     package_data={"ipc": ["*.capnp"], "compiled": ["*.capnp"]},
-    install_requires=["numpy", "pyopencl", "pycapnp", "pyzmq", "cryptography"],   # the device side: runtime, bus, daemons
+    install_requires=["numpy", "pyopencl", "pycapnp", "pyzmq", "cryptography", "tqdm"],   # the device side: runtime, bus, daemons (tqdm: progress bars)
     extras_require={
         "compile": ["onnx", "onnxruntime"],                         # the workstation: compile, validate
         "dev": ["pytest", "pytest-xdist", "hypothesis", "onnx", "onnxruntime"],

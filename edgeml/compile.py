@@ -1,22 +1,26 @@
 """Ahead-of-time compile: a graph of Tensors with placeholder inputs becomes a ProgramSpec (compiled/artifact.py):
 one OpenCL program, the fixed kernel list, the buffer plan and the weights.
 
-Kernels that read only weights are run here, once, and their results stored as weights (constant folding)."""
+Kernels that read only weights are evaluated here, once, on the host in numpy (edgeml/host_eval.py), and their
+results stored as weights (constant folding). Nothing here needs an OpenCL device unless asked to tune or to find the
+target of the device (target 'auto'): an artifact compiled anywhere is the same bytes.
+
+`compile_model` is the whole pipeline behind edgeml-compile (ONNX file to artifact file), timed per stage."""
 from __future__ import annotations
+import os
+import time
 import numpy as np
 import edgeml
 from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
-from compiled.device import default_device
 from compiled.targets import TARGETS, Target
 from edgeml.candidates import Recorder
 from edgeml.codegen import kernel_name, program_source, render
+from edgeml.host_eval import fold, host_data
 from edgeml.lazy import Node
 from edgeml.memplan import Interval, plan_arena, liveness_lower_bound
 from edgeml.ops import Op
-from edgeml.realize import realize
 from edgeml.schedule import schedule
 from edgeml.tensor import Tensor
-from edgeml.tune import Tuner
 
 IMAGE_WIDTH = 4096            # texels per image row at most (Adreno and PoCL allow 16384)
 IMAGE_MAX_HEIGHT = 16384      # rows; weights that need more stay a plain buffer
@@ -41,13 +45,15 @@ def _output_nodes(outputs: dict) -> list[Node]:
   return nodes
 
 
-def fold_constants(outputs: list[Node]) -> int:
-  """Run every kernel that depends on no input now; returns how many ran."""
+def fold_constants(outputs: list[Node], watch: Stopwatch | None = None) -> int:
+  """Evaluate every kernel that depends on no input now, on the host; returns how many there were."""
   dynamic, constant = set(), []
   for it in schedule(outputs):
     if any(_is_placeholder(n) or id(n) in dynamic for n in it.loads): dynamic.add(id(it.out))
-    else: constant.append(it.out)
-  if constant: realize(constant)
+    else: constant.append(it)
+  if watch: watch.lap("schedule")
+  fold(constant)
+  if watch: watch.lap("fold")
   return len(constant)
 
 
@@ -68,23 +74,36 @@ def image_layout(data: bytes, dtype: np.dtype) -> tuple[int, int, int, bytes]:
 
 
 class Compiled:
-  """What compile_graph made, with the numbers the compile prints."""
-  def __init__(self, spec: ProgramSpec, folded: int, planned: int, unplanned: int, lower_bound: int):
+  """What compile_graph made, with the numbers the compile prints; `stages`: stage name -> (wall s, CPU s)."""
+  def __init__(self, spec: ProgramSpec, folded: int, planned: int, unplanned: int, lower_bound: int, stages=None):
     self.spec, self.folded, self.planned, self.unplanned, self.lower_bound = spec, folded, planned, unplanned, lower_bound
+    self.stages: dict[str, tuple[float, float]] = stages if stages is not None else {}
+
+
+class Stopwatch:
+  """Wall and CPU (time.process_time: what a loaded machine does not inflate) seconds per named stage."""
+  def __init__(self, stages: dict):
+    self.stages, self.wall, self.cpu = stages, time.perf_counter(), time.process_time()
+
+  def lap(self, name: str) -> None:
+    wall, cpu = time.perf_counter(), time.process_time()
+    w, c = self.stages.get(name, (0.0, 0.0))
+    self.stages[name] = (w + wall - self.wall, c + cpu - self.cpu)
+    self.wall, self.cpu = wall, cpu
 
 
 def store_weights_as_half(outputs: list[Node]) -> int:
   """Every float32 weight the graph reads becomes float16 in memory, read back as float32 by the kernels (half the
-  bytes; the math stays float32). Returns how many weights changed."""
-  dev, seen, stack, count = default_device(), set(), list(outputs), 0
+  bytes; the math stays float32), cast on the host. Returns how many weights changed."""
+  seen, stack, count = set(), list(outputs), 0
   while stack:
     n = stack.pop()
     if id(n) in seen: continue
     seen.add(id(n))
     if n.op is Op.BUFFER and n.buffer is not None and n.dtype == np.float32:
       half = Node(Op.BUFFER, (), None, n.shape, np.float16)
-      half.set_buffer(dev.upload(dev.download(n.buffer, n.shape, n.dtype).astype(np.float16)))
-      n.op, n.src, n.buffer = Op.CAST, (half,), None      # every reader now sees float16 storage cast up
+      half.set_buffer(host_data(n).astype(np.float16))
+      n.op, n.src, n.buffer, n.host = Op.CAST, (half,), None, None   # every reader now sees float16 storage cast up
       count += 1
     stack.extend(n.src)
   return count
@@ -92,24 +111,31 @@ def store_weights_as_half(outputs: list[Node]) -> int:
 
 def resolve_target(name: str) -> Target:
   """The entry of compiled.targets.TARGETS named `name`; 'auto' is the target of the default device."""
-  if name == "auto": return default_device().target
+  if name == "auto":
+    from compiled.device import DeviceError, default_device
+    try: return default_device().target
+    except DeviceError: raise ValueError(f"target 'auto' needs an OpenCL device to take the target from, and none was "
+                                         f"found; give the target (--target {'|'.join(TARGETS)})") from None
   if name not in TARGETS: raise ValueError(f"unknown target {name!r}; choose auto or one of {', '.join(TARGETS)}")
   return TARGETS[name]
 
 
 def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target: str = "auto", tune: bool = False,
-                  fp16: bool = False, log=None) -> Compiled:
+                  fp16: bool = False, log=None, progress: bool | None = None) -> Compiled:
   """Compile for `target` (a name in compiled.targets.TARGETS, or 'auto': the default device's). With `tune`, each
   sizeable kernel's variants are timed on the default device and the fastest kept; with `fp16`, weights are stored
-  as float16."""
+  as float16. `progress`: a progress bar over the kernels (None: when stderr is a terminal)."""
+  stages: dict = {}
+  watch = Stopwatch(stages)
   target = resolve_target(target)
   for name, t in inputs.items():
     if not _is_placeholder(t.node): raise ValueError(f"input {name!r} is not a placeholder (use edgeml.compile.placeholder)")
   out_nodes = _output_nodes(outputs)
-  folded = fold_constants(out_nodes)
+  folded = fold_constants(out_nodes, watch)
   out_nodes = _output_nodes({k: Tensor(n) for k, n in zip(outputs, out_nodes)})
   if fp16: store_weights_as_half(out_nodes)
   items = schedule(out_nodes)
+  watch.lap("schedule")
 
   buffers: list[BufferSpec] = []
   buffer_of: dict[int, int] = {}
@@ -122,12 +148,12 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   in_specs = [TensorSpec(name, t.shape, t.dtype.name, add(t.node, "input")) for name, t in inputs.items()]
   out_specs = [TensorSpec(name, n.shape, n.dtype.name, add(n, "output")) for name, n in zip(outputs, out_nodes)]
 
-  blob, dev, images = bytearray(), default_device(), {}   # images: id(weights node) -> width in texels
+  blob, images = bytearray(), {}   # images: id(weights node) -> width in texels
   for it in items:
     for n in it.loads:
       if n.op is Op.BUFFER and id(n) not in buffer_of:
         if n.buffer is None: raise ValueError(f"graph reads placeholder {n.arg!r} that is not among the inputs {list(inputs)}")
-        data = dev.download(n.buffer, n.shape, np.uint8 if n.dtype.kind == "b" else n.dtype).tobytes()
+        data = np.ascontiguousarray(host_data(n)).tobytes()
         blob += bytes(-len(blob) % target.align)
         if target.image_weights and n.dtype.name in IMAGE_FORMATS:
           width, height, pitch, rows = image_layout(data, n.dtype)
@@ -148,10 +174,21 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   offsets, arena_size = plan_arena(intervals, target.align)
   for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
 
-  choose = Tuner(dev, log) if tune else None
+  watch.lap("plan")
+  choose = None
+  if tune:
+    from compiled.device import DeviceError, default_device
+    from edgeml.tune import Tuner
+    try: choose = Tuner(default_device(), log)
+    except DeviceError as e: raise ValueError(f"tuning times kernels on an OpenCL device, and there is none: {e}") from None
   record = Recorder(choose)   # keeps each kernel's other variants for on-device tuning (edgeml/candidates.py)
+  from tqdm import tqdm
+  bar = tqdm(items, desc="tuning" if tune else "rendering", unit="kernel", leave=False, dynamic_ncols=True,
+             disable=None if progress is None else not progress)   # None: only on a terminal
   kernels = [render(it, name=f"k{i}_{kernel_name(it)}", choose=record, images=images, target=target)
-             for i, it in enumerate(items)]
+             for i, it in enumerate(bar)]
+  bar.close()
+  watch.lap("tune+render" if tune else "render")
   source = program_source(kernels)
   specs = [KernelSpec(k.name, k.global_size, k.local_size,
                       [("buffer", buffer_of[id(k.out)])] + [("buffer", buffer_of[id(n)]) for n in k.loads], k.flops, k.bytes,
@@ -160,5 +197,39 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   spec = ProgramSpec(target=target.name, compiler_version=edgeml.__version__, source=source,
                      build_options=target.build_options, inputs=in_specs, outputs=out_specs, buffers=buffers,
                      kernels=specs, arena_size=arena_size, align=target.align, weights=bytes(blob))
-  return Compiled(spec, folded, arena_size, sum(iv.nbytes for iv in intervals),
-                  liveness_lower_bound(intervals, target.align))
+  result = Compiled(spec, folded, arena_size, sum(iv.nbytes for iv in intervals),
+                    liveness_lower_bound(intervals, target.align), stages)
+  watch.lap("plan")
+  return result
+
+
+def compile_model(model_path: str, out_path: str, shapes: dict | None = None, target: str = "auto", tune: bool = False,
+                  fp16: bool = False, log=print, consts: dict | None = None, sign_key=None, progress: bool | None = None):
+  """Compile the ONNX file `model_path` and write the artifact to `out_path`; returns the Compiled result, whose
+  `stages` hold the wall and CPU seconds of import, schedule, fold, plan, render (or tune+render) and write. Progress
+  goes to `log`; `sign_key`: an Ed25519 PEM file (compiled/signing.py)."""
+  from compiled.artifact import write_artifact
+  from edgeml.onnx import OnnxModel
+  stages: dict = {}
+  watch = Stopwatch(stages)
+  t0 = time.perf_counter()
+  model = OnnxModel(model_path, shapes=shapes or {}, consts=consts or {})
+  inputs = {name: placeholder(name, shape, dtype) for name, shape, dtype in model.inputs}
+  log(f"[1/3] imported {model_path}: inputs {', '.join(f'{n} {s} {d}' for n, s, d in model.inputs)}")
+  outputs = model(inputs)
+  watch.lap("import")
+  if tune: log("      tuning: timing kernel variants on the device (cached for next time)")
+  result = compile_graph(inputs, outputs, target=target, tune=tune, fp16=fp16, log=log, progress=progress)
+  spec = result.spec
+  log(f"[2/3] {len(spec.kernels)} kernels ({result.folded} constant kernels folded), "
+      f"arena {result.planned:,} B planned for {result.unplanned:,} B of intermediates "
+      f"(liveness lower bound {result.lower_bound:,} B, ratio {result.planned / max(result.lower_bound, 1):.2f}), "
+      f"weights {len(spec.weights):,} B")
+  stages.update(result.stages)
+  watch = Stopwatch(stages)
+  write_artifact(spec, out_path, sign_key=sign_key)
+  watch.lap("write")
+  result.stages = stages
+  log(f"[3/3] wrote {out_path} ({os.path.getsize(out_path):,} B, target {spec.target}{', fp16 weights' if fp16 else ''}) "
+      f"in {time.perf_counter() - t0:.1f} s")
+  return result

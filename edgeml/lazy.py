@@ -6,11 +6,12 @@ from edgeml.ops import Op
 
 
 class Node:
-  __slots__ = ("op", "src", "arg", "shape", "dtype", "buffer", "__weakref__")
+  __slots__ = ("op", "src", "arg", "shape", "dtype", "buffer", "host", "__weakref__")
 
   def __init__(self, op: Op, src: tuple, arg, shape: tuple, dtype: np.dtype):
     self.op, self.src, self.arg, self.shape, self.dtype = op, src, arg, tuple(int(s) for s in shape), np.dtype(dtype)
-    self.buffer = None   # the device buffer once realized
+    self.buffer = None   # once realized: a numpy array (data on the host) or, once a kernel needed it, a device buffer
+    self.host = None     # the host copy of the data when there is one (kept after upload: no download needed)
 
   @property
   def size(self) -> int: return math.prod(self.shape)
@@ -22,8 +23,10 @@ class Node:
   def realized(self) -> bool: return self.buffer is not None
 
   def set_buffer(self, buffer) -> None:
-    """Becomes a leaf: the graph behind it can be freed."""
+    """Becomes a leaf holding `buffer` (a numpy array in the row-major layout of shape, bools as bool or uint8, or a
+    device buffer): the graph behind it can be freed."""
     self.op, self.src, self.arg, self.buffer = Op.BUFFER, (), None, buffer
+    self.host = buffer if isinstance(buffer, np.ndarray) else None
 
   def __repr__(self): return f"Node({self.op.name}, {self.shape}, {self.dtype})"
 

@@ -7,7 +7,6 @@ import numpy as np
 from edgeml.ops import Op
 from edgeml.lazy import Node, view, contiguous_strides
 from edgeml.realize import realize
-from compiled.device import default_device
 
 Shape = tuple[int, ...]
 BOOL, INT32, FLOAT32 = np.dtype(np.bool_), np.dtype(np.int32), np.dtype(np.float32)
@@ -46,7 +45,8 @@ class Tensor:
                        {"f": FLOAT32, "i": INT32, "u": INT32, "b": BOOL}.get(arr.dtype.kind, arr.dtype))
     if arr.dtype.kind not in "fiub": raise TypeError(f"cannot make a Tensor from dtype {arr.dtype}")
     node = Node(Op.BUFFER, (), None, arr.shape, arr.dtype)
-    node.set_buffer(default_device().upload(arr.astype(np.uint8) if arr.dtype.kind == "b" else arr))
+    # the data stays on the host (a private copy) until a kernel reads it (edgeml/realize.py uploads it then)
+    node.set_buffer(np.array(arr, order="C", copy=True) if arr is data else np.ascontiguousarray(arr))
     self.node = node
 
   # ---- properties and running
@@ -72,8 +72,9 @@ class Tensor:
   def numpy(self) -> np.ndarray:
     if self.node.op is not Op.BUFFER: self.realize()
     if self.node.buffer is None: raise ValueError(f"input {self.node.arg!r} {self.shape} is a placeholder without data")
-    host = default_device().download(self.node.buffer, self.shape, np.uint8 if self.dtype.kind == "b" else self.dtype)
-    return host.astype(np.bool_) if self.dtype.kind == "b" else host
+    from edgeml.host_eval import host_data
+    host = host_data(self.node)
+    return host.astype(np.bool_) if self.dtype.kind == "b" else host.copy()
 
   def tolist(self): return self.numpy().tolist()
   def item(self): return self.numpy().item()

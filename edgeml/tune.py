@@ -12,6 +12,7 @@ import pyopencl as cl
 from compiled.atomic import write_atomic
 from compiled.device import Device, cache_dir, cache_writable
 from edgeml.codegen import Kernel, program_source
+from edgeml.host_eval import device_buffer
 
 MIN_FLOPS = 2_000_000   # smaller kernels are not worth a build
 TRIES = 6               # variants timed, in the code generator's order of preference
@@ -52,7 +53,7 @@ class Tuner:
                for i, k in enumerate(kernels)]
     program = self.device.build(program_source(renamed))
     args = [self._buffer(kernels[0].out.nbytes, 0)] + [
-      n.buffer if n.buffer is not None else self._buffer(n.nbytes, i + 1) for i, n in enumerate(kernels[0].loads)]
+      device_buffer(n) if n.buffer is not None else self._buffer(n.nbytes, i + 1) for i, n in enumerate(kernels[0].loads)]
     times = []
     for k in renamed:
       kernel = cl.Kernel(program, k.name)

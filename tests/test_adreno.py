@@ -115,7 +115,7 @@ def test_driving_models_for_adreno_match_reference(name, tmp_path):
   onnxruntime; ../shared's tiny_detector, when present, against its stored outputs."""
   import onnxruntime as ort
   from edgeml.demo_model import build
-  from tools.compile import compile_model
+  from edgeml.compile import compile_model
   onnx_path = tmp_path / f"{name}.onnx" if name == "demo_drive" else MODELS / f"{name}.onnx"
   if name == "demo_drive": build(str(onnx_path), 64, 64, hidden=32)
   path = tmp_path / f"{name}.edgeml"

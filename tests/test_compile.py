@@ -13,7 +13,8 @@ from edgeml import Tensor
 from edgeml import demo_model
 from edgeml.compile import compile_graph, placeholder
 from edgeml.memplan import Interval, align_up, liveness_lower_bound, plan_arena
-from tools.compile import compile_model, parse_shapes
+from edgeml.compile import compile_model
+from tools.compile import parse_shapes
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"  # optional extra models beside the checkout
 SHARED = [name for name in ("tiny_detector", "mini_drive") if (MODELS / f"{name}.onnx").exists()]

@@ -25,7 +25,7 @@ from ipc.framepool import SHM_DIR
 from ipc.testing import isolated_bus
 from tools import drive_model
 from tools.camerad import synthetic_frame
-from tools.compile import compile_model
+from edgeml.compile import compile_model
 from compiled.modelconfig import config_path, load_config
 from tools.modeld import CAMERAS, DropRate, FrameHistory
 

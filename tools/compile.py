@@ -5,7 +5,6 @@
 import argparse
 import os
 import sys
-import time
 from compiled.artifact import TARGETS
 
 
@@ -40,31 +39,6 @@ def parse_consts(items: list[str], const_file: str | None = None) -> dict:
     except ValueError:
       raise SystemExit(f"edgeml-compile: --const {item!r} is not NAME=VALUE or NAME=V0,V1,... (for example sr=16000)")
   return consts
-
-
-def compile_model(model_path: str, out_path: str, shapes: dict | None = None, target: str = "pocl", tune: bool = False,
-                  fp16: bool = False, log=print, consts: dict | None = None,
-                  sign_key=None):
-  """Compile and write the artifact; returns the Compiled result. Progress goes to `log`."""
-  from edgeml.compile import compile_graph, placeholder
-  from edgeml.onnx import OnnxModel
-  from compiled.artifact import write_artifact
-  t0 = time.perf_counter()
-  model = OnnxModel(model_path, shapes=shapes or {}, consts=consts or {})
-  inputs = {name: placeholder(name, shape, dtype) for name, shape, dtype in model.inputs}
-  log(f"[1/3] imported {model_path}: inputs {', '.join(f'{n} {s} {d}' for n, s, d in model.inputs)}")
-  outputs = model(inputs)
-  if tune: log("      tuning: timing kernel variants on the device (cached for next time)")
-  result = compile_graph(inputs, outputs, target=target, tune=tune, fp16=fp16, log=log)
-  spec = result.spec
-  log(f"[2/3] {len(spec.kernels)} kernels ({result.folded} constant kernels folded), "
-      f"arena {result.planned:,} B planned for {result.unplanned:,} B of intermediates "
-      f"(liveness lower bound {result.lower_bound:,} B, ratio {result.planned / max(result.lower_bound, 1):.2f}), "
-      f"weights {len(spec.weights):,} B")
-  write_artifact(spec, out_path, sign_key=sign_key)   # sign_key: an Ed25519 PEM file (compiled/signing.py)
-  log(f"[3/3] wrote {out_path} ({os.path.getsize(out_path):,} B, target {target}{', fp16 weights' if fp16 else ''}) "
-      f"in {time.perf_counter() - t0:.1f} s")
-  return result
 
 
 def check_onnx(path: str) -> None:
@@ -105,9 +79,14 @@ def main(argv=None):
   ap.add_argument("--fp16", action="store_true", help="store weights as float16 (half the bytes; math stays float32)")
   ap.add_argument("--tune", action="store_true", help="time each kernel's variants on this machine's device and keep "
                   "the fastest (slower compile, cached)")
+  ap.add_argument("--device", metavar="NAME|INDEX", help="the OpenCL device --tune times kernels on and --target auto "
+                  "takes the target from (a name substring or an index; default EDGEML_DEVICE, else the first GPU); "
+                  "compiling for a named target needs no device")
   ap.add_argument("--sign", metavar="KEY.pem", help="sign the artifact with this Ed25519 private key (make one with "
                   "edgeml-keygen); compiled.load(..., trusted_keys=[KEY.pub]) then accepts it")
   args = ap.parse_args(argv)
+  from compiled.choice import use_device
+  use_device(args.device)
   if args.sign:
     from compiled.artifact import ArtifactError
     from compiled.signing import load_private_key
@@ -118,6 +97,7 @@ def main(argv=None):
   try:
     check_onnx(args.model)
     check_output(out)
+    from edgeml.compile import compile_model
     compile_model(args.model, out, parse_shapes(args.shape), args.target, args.tune, args.fp16,
                   consts=parse_consts(args.const, args.const_file), sign_key=args.sign)
   except (ValueError, NotImplementedError) as e:
