@@ -191,3 +191,40 @@ def test_bad_input_is_one_line(tmp_path, capsys):
   assert tune_main([str(tmp_path / "missing.edgeml")]) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "missing.edgeml" in err
+
+
+def test_mutated_candidates_and_choices_are_refused_or_run_correctly(net, tmp_path):
+  """Seeded mutations of the candidates and of a choice for this device (picks, launch sizes, sources swapped
+  between kernels), written as a corrupt file would be: each is one ArtifactError or runs and matches numpy."""
+  path, feeds, want = net
+  spec, key = read_artifact(path), device_key(default_device().dev)
+  tunable = [i for i, k in enumerate(spec.kernels) if k.candidates]
+  rng = np.random.default_rng(20261130)
+  outcomes = {"refused": 0, "match": 0}
+  for case in range(30):
+    kernels = [dataclasses.replace(k, candidates=list(k.candidates)) for k in spec.kernels]
+    picks = [int(rng.integers(0, len(k.candidates) + 1)) for k in kernels]
+    n = int(rng.choice(tunable))
+    j = int(rng.integers(0, len(kernels[n].candidates)))
+    c = kernels[n].candidates[j]
+    what = case % 5
+    if what == 0: picks[n] = int(rng.integers(len(kernels[n].candidates) + 1, 256))
+    elif what == 1:
+      g = list(c.global_size)
+      g[int(rng.integers(0, len(g)))] = int(rng.choice([1, 2 * max(g), max(1, g[0] // 2), g[0] + 1]))
+      kernels[n].candidates[j] = dataclasses.replace(c, global_size=tuple(g))
+    elif what == 2:
+      kernels[n].candidates[j] = dataclasses.replace(c, local_size=tuple(int(rng.choice([1, 2, 4, 8, 64])) for _ in c.global_size))
+    elif what == 3:
+      other = kernels[[i for i in tunable if i != n][0]]
+      kernels[n].candidates[j] = other.candidates[int(rng.integers(0, len(other.candidates)))]
+    picks[n] = picks[n] if what == 0 else j + 1
+    mutated = dataclasses.replace(spec, kernels=kernels, choices=[ChoiceSpec(*key, picks)])
+    file = tmp_path / f"case{case}.edgeml"
+    _raw_write(mutated, file)
+    try: prog = compiled.load(file)
+    except ArtifactError: outcomes["refused"] += 1; continue
+    _check(prog, feeds, want)
+    assert prog.picks == picks
+    outcomes["match"] += 1
+  assert outcomes["refused"] >= 12 and outcomes["match"] >= 6, outcomes
