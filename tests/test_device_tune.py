@@ -117,6 +117,18 @@ def test_forced_choice_is_the_program_built(net, tmp_path):
   _check(prog, feeds, want)
 
 
+def test_inspect_shows_candidates_and_choices(net, tmp_path, capsys):
+  from tools.inspect_artifact import main as inspect
+  spec = read_artifact(net[0])
+  forced, picks = _forced(spec, ("Some Vendor / Some GPU (GPU)", "9.9"))
+  write_artifact(forced, tmp_path / "forced.edgeml")
+  inspect([str(tmp_path / "forced.edgeml")])
+  out = capsys.readouterr().out
+  assert f"candidates for edgeml-tune: {sum(picks)} in 2 kernels" in out
+  assert "tuned on Some Vendor / Some GPU (GPU) (driver 9.9): " + ", ".join(
+      f"{k.name} -> {p}" for k, p in zip(spec.kernels, picks) if p) in out
+
+
 def test_choice_for_another_device_is_ignored(net, tmp_path):
   path, feeds, want = net
   spec = read_artifact(path)

@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {k.name:<28} {_sizes(k.global_size):>14} {_sizes(k.local_size):>10} {k.flops:>14,} {k.bytes:>12,}  "
           + " ".join(_arg(kind, v) for kind, v in k.args))
   print(f"  {'total':<28} {'':>14} {'':>10} {sum(k.flops for k in spec.kernels):>14,} {sum(k.bytes for k in spec.kernels):>12,}")
+  tunable = [k for k in spec.kernels if k.candidates]
+  print(f"candidates for edgeml-tune: {sum(len(k.candidates) for k in tunable)} in {len(tunable)} kernels")
+  for c in spec.choices:
+    print(f"  tuned on {c.device} (driver {c.driver}): "
+          + (", ".join(f"{k.name} -> {p}" for k, p in zip(spec.kernels, c.picks) if p) or "every kernel as compiled"))
 
 
 if __name__ == "__main__":
