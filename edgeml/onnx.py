@@ -5,6 +5,11 @@ shapes), and as Tensors once they touch a graph input. Nodes whose inputs are al
 when the model is loaded, so Reshape/Slice/Pad and friends see static arguments. One rewrite runs on the numpy
 weights: a BatchNormalization after a Conv whose output nothing else reads is folded into the Conv's weights.
 
+Control flow runs here: an If on a constant condition is replaced by its branch at load time (one on a run-time
+condition computes both branches and selects, when they agree in shape and dtype); Loop and Scan are unrolled, so
+their trip counts must be known when the model is loaded. `consts` fixes graph inputs (sample rates, mode switches,
+shape parameters) to values, which then fold like weights.
+
 The op implementations live in edgeml/onnx_ops.py (a dispatch table from op type to a short function).
 """
 from __future__ import annotations

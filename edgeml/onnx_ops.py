@@ -341,7 +341,7 @@ def constant_of_shape(n):
 
 @op("Range")
 def range_(n):
-  start, limit, delta = (n.static(i) for i in range(3))
+  start, limit, delta = (n.static(i).reshape(-1)[0] if n.static(i).size == 1 else n.static(i) for i in range(3))
   count = max(int(math.ceil((limit - start) / delta)), 0)
   return (start + np.arange(count) * delta).astype(start.dtype)
 
@@ -1608,3 +1608,32 @@ def affine_grid(n):
   base = np.stack([*reversed(mesh), np.ones_like(mesh[0])], -1).reshape(-1, len(spatial) + 1).astype(np.float32)
   grid = (theta.float().unsqueeze(1) * Tensor(base).reshape(1, -1, 1, len(spatial) + 1)).sum(-1)   # (N, P, nd)
   return grid.reshape(theta.shape[0], *spatial, len(spatial)).cast(theta.dtype)
+
+
+# ---------------------------------------------------------------- spectra
+@op("DFT")
+def dft(n):
+  """DFT along one axis as a product with cos/sin matrices (the length is static): real (..., 1) or complex (..., 2)
+  input, complex output; onesided keeps the first L//2+1 bins, inverse conjugates and divides by L."""
+  x = n.tensor(0)
+  axis = int(n.static(2).reshape(-1)[0]) if n.opset >= 20 and n.has(2) else n.get("axis", 1)
+  axis = axis_of(axis, x.ndim)
+  if axis == x.ndim - 1: raise ValueError("DFT along the last (real/imaginary) axis")
+  length = int(n.static(1).reshape(-1)[0]) if n.has(1) else x.shape[axis]
+  inverse, onesided = bool(n.get("inverse", 0)), bool(n.get("onesided", 0))
+  parts = [x[..., i] for i in range(x.shape[-1])]                      # real (and imaginary)
+  size = parts[0].shape[axis]
+  if length != size:   # zero-pad or truncate along the axis
+    bounds = [(0, min(length, size)) if a == axis else (0, s) for a, s in enumerate(parts[0].shape)]
+    pad = [(0, max(length - size, 0)) if a == axis else (0, 0) for a in range(parts[0].ndim)]
+    parts = [p.shrink(bounds).pad(pad) for p in parts]
+  bins = length // 2 + 1 if onesided else length
+  angle = (-1 if not inverse else 1) * 2 * np.pi * np.outer(np.arange(bins), np.arange(length)) / length
+  scale = 1 / length if inverse else 1.0
+  cos, sin = (Tensor((f(angle) * scale).astype(np.float32)) for f in (np.cos, np.sin))   # (K, L)
+  moved = [_last_axis(p.float(), axis)[0].unsqueeze(-2) for p in parts]                   # (..., 1, L)
+  re = (moved[0] * cos).sum(-1)
+  im = (moved[0] * sin).sum(-1)
+  if len(moved) > 1: re, im = re - (moved[1] * sin).sum(-1), im + (moved[1] * cos).sum(-1)
+  back = _last_axis(parts[0], axis)[1]
+  return Tensor.stack([permute(re, back), permute(im, back)], axis=-1).cast(x.dtype)

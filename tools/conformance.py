@@ -36,10 +36,11 @@ SUPPORTED = {np.dtype(t) for t in (np.float32, np.float16, np.float64, np.int8, 
 
 # ONNX op -> the positions of its inputs that set shapes, axes or counts: frozen at compile time in the AOT mode
 SHAPE_PARAMS = {
-  "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 3), "Resize": (1, 2, 3),
+  "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Resize": (1, 2, 3),
   "Upsample": (1,), "TopK": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
   "OneHot": (1,), "Split": (1,), "CumSum": (1,), "CumProd": (1,), "Trilu": (1,), "CenterCropPad": (1,),
-  "NonMaxSuppression": (2, 3, 4), "Loop": (0, 1), "Col2Im": (1, 2), "AffineGrid": (1,), "DFT": (1, 2), "STFT": (1, 3),
+  "NonMaxSuppression": (2, 3, 4), "Loop": (0, 1), "Compress": (1,),
+  "LSTM": (4,), "GRU": (4,), "RNN": (4,), "Col2Im": (1, 2), "AffineGrid": (1,), "DFT": (1, 2), "STFT": (1, 3),
   "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,), "MelWeightMatrix": (0, 1, 2, 3, 4),
   **{f"Reduce{r}": (1,) for r in ("Sum", "Mean", "Max", "Min", "Prod", "L1", "L2", "LogSum", "LogSumExp", "SumSquare")},
 }
@@ -50,8 +51,9 @@ def shape_inputs(model) -> set:
   nodes (not through Shape or Size, which read only shapes)."""
   graph = model.graph
   inputs = {v.name for v in graph.input} - {t.name for t in graph.initializer}
-  producer = {o: n for n in graph.node for o in n.output}
-  todo = [n.input[i] for n in graph.node for i in SHAPE_PARAMS.get(n.op_type, ()) if i < len(n.input) and n.input[i]]
+  nodes = list(_all_nodes(graph))
+  producer = {o: n for n in nodes for o in n.output}
+  todo = [n.input[i] for n in nodes for i in SHAPE_PARAMS.get(n.op_type, ()) if i < len(n.input) and n.input[i]]
   seen, found = set(), set()
   while todo:
     name = todo.pop()
@@ -59,8 +61,18 @@ def shape_inputs(model) -> set:
     seen.add(name)
     if name in inputs: found.add(name)
     node = producer.get(name)
-    if node is not None and node.op_type not in ("Shape", "Size"): todo += [i for i in node.input if i]
+    if node is not None and node.op_type not in ("Shape", "Size"):   # subgraph outputs and captured values count
+      todo += [i for i in node.input if i]
+      todo += [v for a in node.attribute if a.type == a.GRAPH for v in [*(o.name for o in a.g.output),
+                                                                         *(i for m in _all_nodes(a.g) for i in m.input)]]
   return found
+
+
+def _all_nodes(graph):
+  for n in graph.node:
+    yield n
+    for a in n.attribute:
+      if a.type == a.GRAPH: yield from _all_nodes(a.g)
 
 
 def load_cases() -> dict:
