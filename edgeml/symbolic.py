@@ -194,11 +194,19 @@ class Lin:
     if self._splits is None: self._splits = {}
     if (hit := self._splits.get(k)) is not None: return hit
     q, r = [], []
-    for a, c in self.terms:
-      if c % k == 0: q.append((a, c // k))
-      else: r.append((a, c))
-    r = self.terms if len(r) == len(self.terms) else tuple(r)
-    out = self._splits[k] = (tuple(q), r, _terms_bounds(r, self.const % k))
+    for t in self.terms:
+      c = t[1]
+      if c % k == 0: q.append((t[0], c // k))
+      else: r.append(t)
+    const = self.const % k
+    if len(r) == len(self.terms):   # nothing taken out: the rest's bounds are self's, shifted with the constant
+      r = self.terms
+      lo, hi = self.bounds()
+      bounds = (lo - self.const + const, hi - self.const + const)
+    else:
+      r = tuple(r)
+      bounds = _terms_bounds(r, const) if r else (const, const)
+    out = self._splits[k] = (tuple(q), r, bounds)
     return out
 
   def _rest(self, k: int, r: tuple) -> Lin:
