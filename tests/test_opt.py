@@ -2,9 +2,10 @@
 import math
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from compiled.targets import TARGETS
 from edgeml import Tensor
-from edgeml.codegen import render, render_shape
+from edgeml.codegen import program_source, render, render_shape
 from edgeml.opt import MIN_GPU_ITEMS, KernelShape, candidates, cpu_shapes, reduce_length, work_items
 from edgeml.schedule import schedule
 
@@ -57,3 +58,48 @@ def test_stride2_stem_conv_on_pocl_tiles_output_channels():
 @pytest.mark.parametrize("shape", [KernelShape({1: 8}, 8), KernelShape(group=64, local=64)])
 def test_shapes_are_hashable_records(shape):
   assert len({shape, KernelShape(dict(shape.tiles), shape.width, shape.reduce_lanes, shape.flat, shape.local, shape.group)}) == 1
+
+
+def conv_ref(x, w, stride, pad, groups):
+  n, c, h, wd = x.shape
+  co, cg, k, _ = w.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+  oh, ow = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+  out, cog = np.zeros((n, co, oh, ow)), co // groups
+  for g in range(groups):
+    for i in range(k):
+      for j in range(k):
+        win = xp[:, g * cg:(g + 1) * cg, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+        out[:, g * cog:(g + 1) * cog] += np.einsum("nchw,oc->nohw", win, w[g * cog:(g + 1) * cog, :, i, j])
+  return out
+
+
+def run(k):
+  import pyopencl as cl
+  from compiled.device import default_device
+  dev = default_device()
+  buf = dev.alloc(k.out.nbytes)
+  args = [n.buffer if isinstance(n.buffer, cl.MemoryObjectHolder) else dev.upload(np.ascontiguousarray(n.buffer))
+          for n in k.loads]   # a Tensor's data may still be on the host
+  cl.Kernel(dev.build(program_source([k])), k.name)(dev.queue, k.global_size, k.local_size, buf, *args)
+  return dev.download(buf, k.out.shape, k.out.dtype)
+
+
+@settings(max_examples=10, deadline=None)
+@given(cin_g=st.integers(1, 5), cout_g=st.integers(1, 11), groups=st.sampled_from([1, 2, 3]), depthwise=st.booleans(),
+       h=st.integers(1, 7), w=st.integers(1, 9), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]))
+def test_every_shape_of_a_conv_computes_it(cin_g, cout_g, groups, depthwise, h, w, k, stride):
+  """Convs with channel counts that are not multiples of a tile, 1x1 and 3x3, stride 2, groups and depthwise, tiny
+  and odd spatial sizes: the shape each target picks, and the grouped reduce, against numpy."""
+  if depthwise: cin_g, cout_g = 1, 1
+  x = rng.standard_normal((1, cin_g * groups, h, w)).astype(np.float32)
+  wt = rng.standard_normal((cout_g * groups, cin_g, k, k)).astype(np.float32)
+  t = Tensor(x).conv2d(Tensor(wt), stride=stride, padding=k // 2, groups=groups).relu()
+  want = np.maximum(conv_ref(x, wt, stride, k // 2, groups), 0)
+  items = schedule([t.node])
+  if len(items) != 1: return
+  item = items[0]
+  kernels = [render(item, target=TARGETS[name]) for name in ("pocl", "nvidia")]
+  if reduce_length(item): kernels.append(render_shape(item, KernelShape(group=4, local=4)))
+  for kernel in kernels:
+    np.testing.assert_allclose(run(kernel).reshape(want.shape), want, rtol=1e-4, atol=1e-4, err_msg=kernel.source[:200])
