@@ -114,8 +114,9 @@ def resolve_target(name: str) -> Target:
   if name == "auto":
     from compiled.device import DeviceError, default_device
     try: return default_device().target
-    except DeviceError: raise ValueError(f"target 'auto' needs an OpenCL device to take the target from, and none was "
-                                         f"found; give the target (--target {'|'.join(TARGETS)})") from None
+    except DeviceError as e:
+      raise ValueError(f"target 'auto' is the target of the OpenCL device, and there is none to use ({e.args[0].splitlines()[0]}); "
+                       f"give the target: --target {'|'.join(TARGETS)}") from None
   if name not in TARGETS: raise ValueError(f"unknown target {name!r}; choose auto or one of {', '.join(TARGETS)}")
   return TARGETS[name]
 
@@ -210,6 +211,7 @@ def compile_model(model_path: str, out_path: str, shapes: dict | None = None, ta
   goes to `log`; `sign_key`: an Ed25519 PEM file (compiled/signing.py)."""
   from compiled.artifact import write_artifact
   from edgeml.onnx import OnnxModel
+  resolve_target(target)   # before the import: a target that cannot be had fails first
   stages: dict = {}
   watch = Stopwatch(stages)
   t0 = time.perf_counter()
