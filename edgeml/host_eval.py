@@ -24,7 +24,8 @@ def storage(dtype: np.dtype) -> np.dtype:
 
 def stored(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
   """`value` as a kernel writes it to a buffer of `dtype` (half rounds to nearest even like vstore_half)."""
-  if dtype == np.float16: return value.astype(np.float16)
+  if dtype == np.float16:
+    with np.errstate(over="ignore"): return value.astype(np.float16)   # beyond half's range: inf, as vstore_half
   return np.ascontiguousarray(value, dtype=storage(dtype))
 
 
