@@ -12,6 +12,8 @@ from edgeml.opt import KernelShape, candidates, reduce_length
 from edgeml.realize import realize
 from edgeml.schedule import schedule
 
+pytestmark = pytest.mark.portable   # small and device-independent: the Oclgrind job runs these too
+
 
 def conv_ref(x, w, stride, pad):
   n, c, h, wd = x.shape

@@ -6,6 +6,8 @@ from edgeml.ops import Op
 from edgeml.realize import realize
 from edgeml.schedule import schedule
 
+pytestmark = pytest.mark.portable   # small and device-independent: the Oclgrind job runs these too
+
 
 def rng(*shape, seed=0):
   return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 from edgeml import Tensor
 
+pytestmark = pytest.mark.portable   # small and device-independent: the Oclgrind job runs these too
+
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 EXACT = dict(rtol=1e-6, atol=1e-6)
 TRANSCENDENTAL = dict(rtol=1e-5, atol=1e-6)
