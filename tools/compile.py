@@ -1,11 +1,11 @@
 """edgeml-compile: an ONNX model to a self-contained artifact (kernels, launch list, buffer plan, weights).
 
-  edgeml-compile model.onnx -o model.edgeml [--shape input=1x3x224x224] [--target pocl|nvidia|adreno] [--fp16] [--tune]
+  edgeml-compile model.onnx -o model.edgeml [--shape input=1x3x224x224] [--target auto|pocl|nvidia|adreno|generic] [--fp16] [--tune]
 """
 import argparse
 import os
 import sys
-from compiled.artifact import TARGETS
+from compiled.targets import TARGETS
 
 
 def parse_shapes(items: list[str]) -> dict:
@@ -72,7 +72,9 @@ def main(argv=None):
   ap.add_argument("model", help="the .onnx file")
   ap.add_argument("-o", "--output", help="artifact path (default: the model's name with .edgeml)")
   ap.add_argument("--shape", action="append", default=[], metavar="NAME=D0xD1x...", help="fix an input's shape")
-  ap.add_argument("--target", default="pocl", choices=TARGETS)
+  ap.add_argument("--target", default="auto", choices=("auto", *TARGETS),
+                  help="the device class to generate code for; auto (the default) takes the target of the device "
+                  "EDGEML_DEVICE selects (see compiled/targets.py)")
   ap.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
                   help="fix an input to a value at compile time (a number or a comma list); it is no longer an input")
   ap.add_argument("--const-file", metavar="FEEDS.npz", help="fix the inputs named in this .npz at compile time")
