@@ -34,7 +34,9 @@ SUPPORTED = {np.dtype(t) for t in (np.float32, np.float16, np.float64, np.int8, 
                                    np.uint32, np.int64, np.uint64, np.bool_)}
 
 
-# ONNX op -> the positions of its inputs that set shapes, axes or counts: frozen at compile time in the AOT mode
+# ONNX op -> the positions of its inputs that set shapes, axes, counts or other parameters an op reads when it is
+# built (Pad's constant, Compress's condition, sequence lengths, Loop's trip count): fixed at compile time in the AOT
+# mode, as `edgeml-compile --const` would
 SHAPE_PARAMS = {
   "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Resize": (1, 2, 3),
   "Upsample": (1,), "TopK": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
