@@ -11,7 +11,7 @@ expression whose terms or partial sums could leave int32 is rendered in `long` (
 Speed: expressions are immutable, so each computes its sort key, hash and bounds once, at construction; terms stay
 sorted by atom key, so splitting, scaling and adding a constant keep the order without sorting again, and adding
 two expressions merges two sorted lists. Equality and ordering are unchanged: an expression equals another with the
-same key (a variable's key is its name), an atom equals another of the same kind and fields.
+same key (a variable's key is its name and bounds), an atom equals another of the same kind and fields.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Var:
 
   def __init__(self, name: str, lo: int, hi: int):
     self.name, self.lo, self.hi = name, lo, hi
-    self.key = (0, name)
+    self.key = (0, name, lo, hi)   # the bounds too: a cache keyed on expressions must not mix two ranges of one name
     self._hash = hash((name, lo, hi))
 
   def __eq__(self, other):

@@ -156,3 +156,16 @@ def test_prelude_floor_helpers_on_the_device():
   np.testing.assert_array_equal(out, np.stack([a64 // b64, a64 % b64], 1).astype(np.int64))
   x = a64 * 3000000000
   np.testing.assert_array_equal(wide, np.stack([x // b64, x % b64], 1).astype(np.int64))
+
+
+def test_view_index_cache_keeps_bounds_apart():
+  """The codegen's view-index cache must not hand an index simplified for one range of `gx` to a kernel where `gx`
+  has another range: (4, 4) read as 16 elements drops the `% 4` only while gx < 16."""
+  from edgeml.codegen import _view_index
+  short, wide = Lin.of(Var("gx", 0, 15)), Lin.of(Var("gx", 0, 63))
+  for gx in (short, wide):
+    row, col = _view_index((4, 4), (1,), 0, (gx,))
+    hi = gx.bounds()[1]
+    for value in (0, 5, hi):
+      assert evaluate_c(row.render(), {"gx": value}) == (value // 4) % 4, (gx, row.render())
+      assert evaluate_c(col.render(), {"gx": value}) == value % 4
