@@ -109,8 +109,10 @@ def store_weights_as_half(outputs: list[Node]) -> int:
   return count
 
 
-def resolve_target(name: str) -> Target:
-  """The entry of compiled.targets.TARGETS named `name`; 'auto' is the target of the default device."""
+def resolve_target(name: str | Target) -> Target:
+  """The entry of compiled.targets.TARGETS named `name`; 'auto' is the target of the default device; a Target is
+  taken as it is (a variant of an entry, e.g. in tests)."""
+  if isinstance(name, Target): return name
   if name == "auto":
     from compiled.device import DeviceError, default_device
     try: return default_device().target

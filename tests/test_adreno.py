@@ -8,6 +8,7 @@ import pytest
 import compiled
 from compiled.artifact import ArtifactError, IMAGE_FORMATS, read_artifact, validate, write_artifact
 from compiled.device import default_device
+from compiled.targets import TARGETS
 from edgeml import Tensor
 from edgeml.compile import IMAGE_WIDTH, compile_graph, placeholder
 
@@ -81,10 +82,12 @@ def test_adreno_reads_weights_through_images_and_matches_numpy(tmp_path, fp16):
 
 
 def test_vector_reads_take_whole_texels(tmp_path):
+  """The CPU-shaped kernels (vector lanes along W's rows) with image weights: a texel-aligned vector read."""
   rng = np.random.default_rng(2)
   wv = rng.standard_normal((64, 32)).astype(np.float32)
   x = placeholder("x", (4, 64))
-  spec = compile_graph({"x": x}, {"y": x @ Tensor(wv)}, target="adreno").spec
+  cpu_like_adreno = dataclasses.replace(TARGETS["adreno"], gpu=False)
+  spec = compile_graph({"x": x}, {"y": x @ Tensor(wv)}, target=cpu_like_adreno).spec
   assert "(float8)(read_imagef(" in spec.source, spec.source   # 8 lanes of W's row: two texels
   write_artifact(spec, tmp_path / "v.edgeml")
   xv = rng.standard_normal((4, 64)).astype(np.float32)
