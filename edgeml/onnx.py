@@ -93,8 +93,13 @@ class OnnxModel:
     """Evaluate with numpy every node whose inputs are all constant; keep the rest for run time. An If whose
     condition is constant is replaced by the nodes of the branch it takes."""
     kept, todo = [], list(reversed(self.nodes))
+    # a graph input's shape is known now: Shape and Size of it fold (a broadcast view stands in, no data)
+    shaped = {name: np.broadcast_to(np.zeros((), dtype), shape) for name, shape, dtype in self.inputs}
     while todo:
       n = todo.pop()
+      if n.op in ("Shape", "Size") and n.inputs[0] in shaped:
+        self.consts.update(zip(n.outputs, self._run(n, [shaped[n.inputs[0]]], fold=True)))
+        continue
       if n.op == "If" and n.inputs[0] in self.consts:
         todo += reversed(self._inline_branch(n, bool(np.asarray(self.consts[n.inputs[0]]).reshape(-1)[0])))
         continue

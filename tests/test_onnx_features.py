@@ -110,6 +110,18 @@ def test_if_on_shape_folds_at_import():
   assert [n.op for n in m.nodes] == ["Mul", "Identity"]
 
 
+def test_if_on_input_shape_folds_at_import():
+  """The check PyTorch exports for recurrent models: If(Shape(x)[1] == 3), x a graph input whose shape is fixed."""
+  then = _branch("then", [helper.make_node("Relu", ["x"], ["t"])], "t")
+  other = _branch("else", [helper.make_node("Neg", ["x"], ["e"])], "e")
+  nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "one"], ["d"], axis=0),
+           helper.make_node("Equal", ["d", "three"], ["c"]),
+           helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+  model = _model(nodes, [("x", ["batch", 3])], ["y"], [("one", np.int64(1)), ("three", np.int64(3))])
+  m = _check(model, {"x": rng.standard_normal((2, 3)).astype(np.float32)}, shapes={"x": (2, 3)})
+  assert [n.op for n in m.nodes] == ["Relu", "Identity"]
+
+
 def _if_model(same_shape=True):
   then = _branch("then", [helper.make_node("Add", ["x", "one"], ["t"])], "t", [("one", np.float32(1))])
   other = _branch("else", [helper.make_node("Mul", ["x", "x"], ["e"])] if same_shape else
