@@ -16,7 +16,10 @@ class Recorder:
     self.choose = choose
     self.seen: dict[str, tuple[list, int]] = {}   # kernel name -> (its variants, the index chosen)
 
-  def __call__(self, kernels: list) -> int:
+  def __call__(self, kernels) -> int:
+    """`kernels`: render's variants in order (a list, or codegen's lazy Variants: then only the variants that
+    `candidates` looks at are rendered, unless a wrapped chooser is given: it gets them all, as a list)."""
+    if self.choose is not None: kernels = list(kernels)
     index = self.choose(kernels) if self.choose is not None else 0
     self.seen[kernels[index].name] = (kernels, index)
     return index

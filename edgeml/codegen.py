@@ -420,18 +420,76 @@ def kernel_name(item: ScheduleItem) -> str:
 def render(item: ScheduleItem, name: str | None = None, choose=None, images: dict | None = None,
            target: Target | None = None) -> Kernel:
   """OpenCL source and launch sizes for one schedule item on `target` (default pocl). Every shape edgeml/opt.py
-  proposes that renders is a candidate; `choose` (a list of Kernels -> index, e.g. timing them on the device) picks
-  one, else the one whose reduce executes the fewest statements per output does (a proxy for instructions: a vector
-  statement counts once). `images`: id(load node) -> image width in texels, for weights read through image2d_t."""
-  name = name or kernel_name(item)
-  candidates_ = []
-  for shape in candidates(item, target or TARGETS["pocl"]):
-    try: r, kernel = _render(item, shape, name, images)
-    except NotVectorizable: continue
-    candidates_.append((r.loop_statements / math.prod(shape.tiles.values(), start=1) / shape.group, kernel))
-  candidates_.sort(key=lambda c: c[0])
-  kernels = [k for _, k in candidates_]
-  return kernels[choose(kernels) if choose is not None and len(kernels) > 1 else 0]
+  proposes that renders is a candidate; `choose` (a sequence of Kernels, a `Variants`, -> index, e.g. timing them on
+  the device) picks one, else the one whose reduce executes the fewest statements per output does (a proxy for
+  instructions: a vector statement counts once). `images`: id(load node) -> image width in texels, for weights read
+  through image2d_t."""
+  kernels = Variants(item, name or kernel_name(item), images, target or TARGETS["pocl"])
+  return kernels[choose(kernels) if choose is not None and kernels.at_least(2) else 0]
+
+
+class Variants:
+  """The kernels of one schedule item in the picker's order: fewest reduce statements per output first (a vector
+  statement counts once), ties in edgeml/opt.py's order, shapes that do not render left out. Rendered only as far as
+  asked for: every shape's code outside the reduce loop is rendered up front (cheap), which gives a lower bound on
+  its count (one accumulation per request per reduce step); a shape's loop is rendered only when a kernel not yet
+  placed could come before the cheapest rendered one. Indexing and iterating render on demand; len() renders all."""
+  def __init__(self, item: ScheduleItem, name: str, images: dict | None, target: Target):
+    self.item, self.name, self.images = item, name, images
+    self.waiting = []    # (lower bound, index in opt's order, shape, begun render): loop not yet rendered
+    self.rendered = []   # (statements per output, index, kernel): rendered, not yet placed
+    self.kernels: list[Kernel] = []
+    for i, shape in enumerate(candidates(item, target)):
+      try: begun = _begin(item, shape, images)
+      except NotVectorizable: continue
+      self.waiting.append((_lower_bound(begun[0], shape), i, shape, begun))
+
+  def _place_next(self) -> bool:
+    """Appends the next kernel in order to self.kernels; False when none is left."""
+    while True:
+      best = min(self.rendered, key=lambda c: c[:2], default=None)
+      if best is not None and all(lb > best[0] or (lb == best[0] and i > best[1]) for lb, i, *_ in self.waiting):
+        self.rendered.remove(best)
+        self.kernels.append(best[2])
+        return True
+      if not self.waiting: return False
+      nxt = min(self.waiting, key=lambda c: c[:2])
+      self.waiting.remove(nxt)
+      _, i, shape, begun = nxt
+      try: r, kernel = _finish(self.item, shape, self.name, begun)
+      except NotVectorizable: continue
+      self.rendered.append((r.loop_statements / math.prod(shape.tiles.values(), start=1) / shape.group, i, kernel))
+
+  def at_least(self, n: int) -> bool:
+    while len(self.kernels) < n and self._place_next(): pass
+    return len(self.kernels) >= n
+
+  def __getitem__(self, index: int) -> Kernel:
+    if index < 0: raise IndexError("Variants: only non-negative indices")
+    self.at_least(index + 1)
+    return self.kernels[index]
+
+  def __iter__(self):
+    i = 0
+    while self.at_least(i + 1):
+      yield self.kernels[i]
+      i += 1
+
+  def __len__(self) -> int:
+    while self._place_next(): pass
+    return len(self.kernels)
+
+
+def _lower_bound(r: _Renderer, shape: KernelShape) -> float:
+  """At most the statements per output `shape`'s reduce loop will execute (r.loop_statements / tiles / group, once
+  rendered): every reduce request pending before the loop adds one accumulation per reduce step."""
+  if not r.pending: return 0.0
+  n = r.pending[0][0]
+  sizes = [n.src[0].shape[ax] for ax in n.arg if n.src[0].shape[ax] > 1]
+  steps = math.prod(sizes)
+  if shape.group > 1: steps = -(-steps // shape.group)
+  elif r.reduce_lanes: steps = steps // r.width if sizes and sizes[-1] % r.width == 0 else 0
+  return len(r.pending) * steps / math.prod(shape.tiles.values(), start=1) / shape.group
 
 
 def render_shape(item: ScheduleItem, shape: KernelShape, name: str | None = None, images: dict | None = None) -> Kernel:
@@ -440,6 +498,11 @@ def render_shape(item: ScheduleItem, shape: KernelShape, name: str | None = None
 
 
 def _render(item: ScheduleItem, shape: KernelShape, name: str, images: dict | None):
+  return _finish(item, shape, name, _begin(item, shape, images))
+
+
+def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
+  """Everything of `shape`'s kernel but the reduce loop: (renderer, launch grid, lines after the loop, stores)."""
   out, tiles, width, reduce_lanes = item.out, shape.tiles, shape.width, shape.reduce_lanes
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
   r = _Renderer(item, width, reduce_lanes, images, shape.group)
@@ -469,8 +532,13 @@ def _render(item: ScheduleItem, shape: KernelShape, name: str, images: dict | No
     elif out.dtype.type is np.float16: stores.append(f"vstore_half({v},{where.render()},data0);")
     else: stores.append(f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
   if shape.group > 1: stores = ["if (lid == 0) {"] + stores + ["}"]   # every work item reached the barriers
-  post = r.lines
-  return r, _kernel(item, r, shape, (nx, ny), r.reduce_loop() + post + stores, name)
+  return r, (nx, ny), r.lines, stores
+
+
+def _finish(item: ScheduleItem, shape: KernelShape, name: str, begun) -> tuple[_Renderer, Kernel]:
+  """The reduce loop of a begun render, and the kernel."""
+  r, grid, post, stores = begun
+  return r, _kernel(item, r, shape, grid, r.reduce_loop() + post + stores, name)
 
 
 def _kernel(item: ScheduleItem, r: _Renderer, shape: KernelShape, grid: tuple, lines: list, name: str) -> Kernel:

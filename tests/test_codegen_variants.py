@@ -68,3 +68,35 @@ def test_every_variant_computes_the_same(case):
     tried += 1
     vector += shape.width > 1
   assert tried >= 2 and vector >= 1, (tried, vector)
+
+
+@pytest.mark.parametrize("target", ["pocl", "nvidia", "adreno"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_lazy_variants_keep_the_pickers_order(case, target):
+  """codegen.Variants renders a shape's reduce loop only when needed; whatever is asked of it (the first kernel, a
+  few, all of them) comes out as rendering every shape and sorting by statements per output (ties: opt's order)."""
+  from edgeml.codegen import Variants, _render
+  item = schedule([CASES[case][0]().node])[-1]
+  ranked = []
+  for i, shape in enumerate(candidates(item, TARGETS[target])):
+    try: r, k = _render(item, shape, "k", None)
+    except NotVectorizable: continue
+    ranked.append((r.loop_statements / np.prod(list(shape.tiles.values()) or [1]) / shape.group, i, k.source))
+  want = [source for *_, source in sorted(ranked)]
+  first = Variants(item, "k", None, TARGETS[target])
+  assert first[0].source == want[0]
+  assert first.at_least(2) == (len(want) >= 2)
+  assert [k.source for k in first] == want                       # iterating after a partial look
+  assert [k.source for k in Variants(item, "k", None, TARGETS[target])][:3] == want[:3]
+  every = Variants(item, "k", None, TARGETS[target])
+  assert len(every) == len(want) and [k.source for k in every.kernels] == want
+
+
+def test_lazy_variants_skip_loops_the_first_kernel_does_not_need():
+  """Asking for the picked kernel of a 3x3 convolution leaves most shapes' reduce loops unrendered."""
+  from edgeml.codegen import Variants
+  item = schedule([CASES["conv3x3_pad1"][0]().node])[-1]
+  v = Variants(item, "k", None, TARGETS["pocl"])
+  total = len(v.waiting)
+  v[0]
+  assert total >= 4 and len(v.waiting) >= total // 2, (total, len(v.waiting))
