@@ -17,10 +17,10 @@ class Recorder:
     self.seen: dict[str, tuple[list, int]] = {}   # kernel name -> (its variants, the index chosen)
 
   def __call__(self, kernels) -> int:
-    """`kernels`: render's variants in order (a list, or codegen's lazy Variants: then only the variants that
-    `candidates` looks at are rendered, unless a wrapped chooser is given: it gets them all, as a list)."""
+    """`kernels`: render's variants in order (codegen's lazy Variants: only the variants that `candidates` looks at
+    get rendered, unless a wrapped chooser is given: it gets them all, as a list, when there are two or more)."""
     if self.choose is not None: kernels = list(kernels)
-    index = self.choose(kernels) if self.choose is not None else 0
+    index = self.choose(kernels) if self.choose is not None and len(kernels) > 1 else 0
     self.seen[kernels[index].name] = (kernels, index)
     return index
 

@@ -420,12 +420,12 @@ def kernel_name(item: ScheduleItem) -> str:
 def render(item: ScheduleItem, name: str | None = None, choose=None, images: dict | None = None,
            target: Target | None = None) -> Kernel:
   """OpenCL source and launch sizes for one schedule item on `target` (default pocl). Every shape edgeml/opt.py
-  proposes that renders is a candidate; `choose` (a sequence of Kernels, a `Variants`, -> index, e.g. timing them on
-  the device) picks one, else the one whose reduce executes the fewest statements per output does (a proxy for
-  instructions: a vector statement counts once). `images`: id(load node) -> image width in texels, for weights read
-  through image2d_t."""
+  proposes that renders is a candidate; `choose` (a `Variants`, the candidates in order, rendered as far as it looks,
+  -> index, e.g. timing them on the device; called even when there is only one) picks one, else the one whose
+  reduce executes the fewest statements per output does (a proxy for instructions: a vector statement counts once).
+  `images`: id(load node) -> image width in texels, for weights read through image2d_t."""
   kernels = Variants(item, name or kernel_name(item), images, target or TARGETS["pocl"])
-  return kernels[choose(kernels) if choose is not None and kernels.at_least(2) else 0]
+  return kernels[choose(kernels) if choose is not None and kernels.at_least(1) else 0]
 
 
 class Variants:
