@@ -1,6 +1,6 @@
-"""The ONNX importer against references: the shared models' npz (onnxruntime outputs) and small hand-built graphs
-run through onnxruntime, for ops the node conformance cases cover thinly (recurrent ops, Resize linear, auto_pad,
-the Conv+BatchNormalization fold), plus the importer's errors."""
+"""The ONNX importer against references: the demo driving model (and ../shared's models when present) and small
+hand-built graphs run through onnxruntime, for ops the node conformance cases cover thinly (recurrent ops, Resize
+linear, auto_pad, the Conv+BatchNormalization fold), plus the importer's errors."""
 from pathlib import Path
 import numpy as np
 import pytest
@@ -9,6 +9,21 @@ from edgeml.onnx import OnnxModel
 from edgeml.tensor import Tensor
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"   # ../shared beside the repository
+
+
+def test_demo_model(tmp_path):
+  """The project's own driving model (small size) against onnxruntime."""
+  import onnxruntime as ort
+  from edgeml.demo_model import build
+  path = tmp_path / "demo.onnx"
+  build(str(path), 64, 64, hidden=16)
+  sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  feeds = {i.name: rng.uniform(0, 255, i.shape).astype(np.float32) if i.name == "input_imgs"
+           else rng.standard_normal(i.shape).astype(np.float32) for i in sess.get_inputs()}
+  names = [o.name for o in sess.get_outputs()]
+  outs = OnnxModel(path)(feeds)
+  for name, want in zip(names, sess.run(names, feeds)):
+    np.testing.assert_allclose(outs[name].numpy(), want, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("name", ["mini_drive", "tiny_detector"])
@@ -29,7 +44,7 @@ def _model(nodes, inputs, outputs, inits=(), opset=17):
   graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
                             [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
                             [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits])
-  return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+  return helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _check(model, feeds, rtol=1e-3, atol=1e-4, **kw):
@@ -84,7 +99,7 @@ def test_resize_sizes_linear():
   graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 6])],
                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                             [numpy_helper.from_array(np.array([1, 1, 7, 3], np.int64), "sizes")])
-  _check(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), {"x": _r(1, 1, 4, 6)})
+  _check(helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 13)]), {"x": _r(1, 1, 4, 6)})
 
 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
@@ -120,7 +135,7 @@ def test_shape_arithmetic_is_folded():
                             [numpy_helper.from_array(np.zeros((3, 8), np.float32), "w"),
                              numpy_helper.from_array(np.array([0], np.int64), "i"),
                              numpy_helper.from_array(np.array([-1], np.int64), "minus1")])
-  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+  model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)])
   assert [n.op for n in OnnxModel(model).nodes] == ["Reshape"]
   _check(model, {"x": _r(6, 4)})
 
@@ -129,7 +144,7 @@ def test_symbolic_dims_need_shapes():
   node = helper.make_node("Relu", ["x"], ["y"])
   graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+  model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)])
   with pytest.raises(ValueError, match="'x'"): OnnxModel(model)
   with pytest.raises(ValueError, match="'x'"): OnnxModel(model, shapes={"x": (2, 4)})
   m = OnnxModel(model, shapes={"x": (2, 3)})
