@@ -54,16 +54,20 @@ def generate_keypair(private_path: str | os.PathLike, public_path: str | os.Path
   return raw_public_key(public)
 
 
+def _read_if_path(key, what: str) -> tuple:
+  """(the file's bytes, "<what> file PATH") when `key` is a path, else (key, what) as given."""
+  if not isinstance(key, (str, os.PathLike)): return key, what
+  what = f"{what} file {os.fspath(key)}"
+  try:
+    with open(key, "rb") as f: return f.read(), what
+  except OSError as e: raise ArtifactError(f"cannot read {what}: {e.strerror}") from None
+
+
 def load_private_key(key):
   """An Ed25519 private key from a PEM file path, PEM bytes, or a key object; ArtifactError when it is not one."""
   ed = _ed25519()
   if isinstance(key, ed.Ed25519PrivateKey): return key
-  what = "private key"
-  if isinstance(key, (str, os.PathLike)):
-    what = f"private key file {os.fspath(key)}"
-    try:
-      with open(key, "rb") as f: key = f.read()
-    except OSError as e: raise ArtifactError(f"cannot read {what}: {e.strerror}") from None
+  key, what = _read_if_path(key, "private key")
   try: loaded = _serialization().load_pem_private_key(bytes(key), password=None)
   except (ValueError, TypeError) as e: raise ArtifactError(f"{what} is not an unencrypted PEM private key: {e}") from None
   if not isinstance(loaded, ed.Ed25519PrivateKey): raise ArtifactError(f"{what} is not an Ed25519 key")
@@ -75,12 +79,7 @@ def raw_public_key(key) -> bytes:
   ed, ser = _ed25519(), _serialization()
   if isinstance(key, ed.Ed25519PrivateKey): key = key.public_key()
   if isinstance(key, ed.Ed25519PublicKey): return key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
-  what = "trusted key"
-  if isinstance(key, (str, os.PathLike)):
-    what = f"trusted key file {os.fspath(key)}"
-    try:
-      with open(key, "rb") as f: key = f.read()
-    except OSError as e: raise ArtifactError(f"cannot read {what}: {e.strerror}") from None
+  key, what = _read_if_path(key, "trusted key")
   if not isinstance(key, (bytes, bytearray, memoryview)): raise ArtifactError(f"{what}: {type(key).__name__} is not a key")
   key = bytes(key)
   if len(key) == KEY_BYTES: return key
