@@ -482,14 +482,20 @@ class Variants:
 
 def _lower_bound(r: _Renderer, shape: KernelShape) -> float:
   """At most the statements per output `shape`'s reduce loop will execute (r.loop_statements / tiles / group, once
-  rendered): every reduce request pending before the loop adds one accumulation per reduce step."""
+  rendered). Each reduce step has one accumulation per pending request, and, when the reduce's source always emits a
+  statement (a load or an arithmetic op), one per distinct index of that source: the loop's scope starts empty, and
+  requests whose indices differ off the reduce axes (or in validity) read distinct source values."""
   if not r.pending: return 0.0
   n = r.pending[0][0]
-  sizes = [n.src[0].shape[ax] for ax in n.arg if n.src[0].shape[ax] > 1]
-  steps = math.prod(sizes)
+  src = n.src[0]
+  axes = [ax for ax in n.arg if src.shape[ax] > 1]
+  steps = math.prod(src.shape[ax] for ax in axes)
   if shape.group > 1: steps = -(-steps // shape.group)
-  elif r.reduce_lanes: steps = steps // r.width if sizes and sizes[-1] % r.width == 0 else 0
-  return len(r.pending) * steps / math.prod(shape.tiles.values(), start=1) / shape.group
+  elif r.reduce_lanes: steps = steps // r.width if axes and src.shape[axes[-1]] % r.width == 0 else 0
+  per_step = len(r.pending)
+  if id(src) in r.args or src.op not in (Op.CONST, Op.VIEW, Op.PAD, Op.CONTIGUOUS) and src.op not in REDUCE:
+    per_step += len({(tuple(i for ax, i in enumerate(idx) if ax not in axes), valid) for _, idx, valid, _ in r.pending})
+  return per_step * steps / math.prod(shape.tiles.values(), start=1) / shape.group
 
 
 def render_shape(item: ScheduleItem, shape: KernelShape, name: str | None = None, images: dict | None = None) -> Kernel:
