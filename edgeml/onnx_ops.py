@@ -1150,22 +1150,25 @@ def recurrent(n):
       xt = xw[t]
       cl = (lambda v: v.clip(-clip, clip)) if clip is not None else (lambda v: v)
       if n.op == "RNN": h = f(cl(xt + h @ Rd + rb))
+      elif n.op == "GRU" and n.get("linear_before_reset", 0):
+        a = h @ Rd + rb                                             # kernel 1: all three gates' h @ R at once
+        z, r = f(cl(xt[:, :H] + a[:, :H])), f(cl(xt[:, H:2 * H] + a[:, H:2 * H]))
+        h = (1 - z) * g(cl(xt[:, 2 * H:] + r * a[:, 2 * H:])) + z * h   # kernel 2: elementwise
       elif n.op == "GRU":
-        Rz, Rr, Rh = Rd[:, :H], Rd[:, H:2 * H], Rd[:, 2 * H:]
-        z = f(cl(xt[:, :H] + h @ Rz + rb[:H]))
-        r = f(cl(xt[:, H:2 * H] + h @ Rr + rb[H:2 * H]))
-        if n.get("linear_before_reset", 0): hh = g(cl(xt[:, 2 * H:] + r * (h @ Rh + rb[2 * H:])))
-        else: hh = g(cl(xt[:, 2 * H:] + (r * h) @ Rh + rb[2 * H:]))
-        h = (1 - z) * hh + z * h
+        zr = f(cl(xt[:, :2 * H] + h @ Rd[:, :2 * H] + rb[:2 * H]))  # kernel 1: z and r, sigmoid fused
+        z, r = zr[:, :H], zr[:, H:]
+        hh = g(cl(xt[:, 2 * H:] + (r * h) @ Rd[:, 2 * H:] + rb[2 * H:]))
+        h = (1 - z) * hh + z * h                                    # kernel 2: candidate and update fused
       else:
-        gsum = xt + h @ Rd + rb
+        gsum = xt + h @ Rd + rb                                     # kernel 1: the four gates in one matmul
         i_, o_, f_, c_ = (gsum[:, k * H:(k + 1) * H] for k in range(4))
         if P is not None: i_, f_ = i_ + P[:H] * c, f_ + P[2 * H:] * c
         i_, f_, c_ = f(cl(i_)), f(cl(f_)), g(cl(c_))
-        c = (f_ * c + i_ * c_).contiguous()
-        if P is not None: o_ = o_ + P[H:2 * H] * c
-        h = f(cl(o_)) * h_act(c)
-      h = h.contiguous()
+        cn = f_ * c + i_ * c_
+        if P is not None: o_ = o_ + P[H:2 * H] * cn
+        ch = cn.cat(f(cl(o_)) * h_act(cn), axis=1).contiguous()    # kernel 2: [c, h] in one buffer
+        c, h = ch[:, :H], ch[:, H:]
+      if n.op != "LSTM": h = h.contiguous()
       out[t] = h
     ys.append(Tensor.stack(out, 0))
     hs.append(h)
