@@ -1,6 +1,6 @@
 """On-device tuning with the runtime alone (compiled/tune.py, edgeml-tune): the candidates the compiler puts in an
 artifact, the choice table keyed by device and driver, the program binary left beside the artifact, and that the
-tuner runs in a process where the compiler cannot be imported. Numerics are checked against numpy."""
+tuner runs in a process where the compiler cannot be imported. Numerics are checked against numpy, and the ONNX path against onnxruntime."""
 import dataclasses
 import hashlib
 import os
@@ -240,3 +240,33 @@ def test_mutated_candidates_and_choices_are_refused_or_run_correctly(net, tmp_pa
     assert prog.picks == picks
     outcomes["match"] += 1
   assert outcomes["refused"] >= 12 and outcomes["match"] >= 6, outcomes
+
+
+def test_tuned_onnx_model_matches_onnxruntime(tmp_path):
+  """The whole path users take: ONNX -> edgeml-compile -> edgeml-tune (no compiler in that process) -> load and run,
+  against onnxruntime on the same ONNX model."""
+  import onnx
+  import onnxruntime
+  from onnx import TensorProto, helper, numpy_helper
+  from edgeml.compile import compile_model
+  rng = np.random.default_rng(5)
+  w1 = (rng.standard_normal((32, 16, 3, 3)) * 0.1).astype(np.float32)
+  w2 = (rng.standard_normal((32 * 8 * 8, 640)) * 0.05).astype(np.float32)
+  nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+           helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+           helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "w2"], ["y"])]
+  graph = helper.make_graph(nodes, "tune", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 16])],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 640])],
+                            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+  model = tmp_path / "net.onnx"
+  onnx.save(helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+  compile_model(str(model), str(tmp_path / "net.edgeml"), log=lambda *_: None)
+  out = tmp_path / "tuned.edgeml"
+  run = subprocess.run([sys.executable, "-c", NO_COMPILER + "from compiled.tune import main; sys.exit(main())",
+                        str(tmp_path / "net.edgeml"), "-o", str(out), "--runs", "2"], cwd=ROOT, capture_output=True,
+                       text=True)
+  assert run.returncode == 0, run.stderr
+  assert read_artifact(out).choices, "edgeml-tune recorded no choice"
+  x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+  [want] = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+  np.testing.assert_allclose(compiled.load(out).run({"x": x})["y"], want, rtol=1e-4, atol=1e-4)
