@@ -1,6 +1,7 @@
 """On-device tuning with the runtime alone (compiled/tune.py, edgeml-tune): the candidates the compiler puts in an
 artifact, the choice table keyed by device and driver, the program binary left beside the artifact, and that the
-tuner runs in a process where the compiler cannot be imported. Numerics are checked against numpy, and the ONNX path against onnxruntime."""
+tuner runs in a process where the compiler cannot be imported. Numerics are checked against numpy, and the ONNX path
+against onnxruntime."""
 import dataclasses
 import hashlib
 import os
