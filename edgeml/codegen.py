@@ -33,7 +33,7 @@ ALU = {
 }
 
 VECTOR_ALU = {op: ALU[op] for op in (Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.SIN, Op.FLOOR, Op.ADD, Op.MUL, Op.DIV)}
-VECTOR_ALU.update({Op.MAX: "fmax({0},{1})", Op.POW: "pow({0},{1})", Op.WHERE: "({0}?{1}:{2})"})
+VECTOR_ALU.update({Op.MAX: "select({1},{0},{0}>{1})", Op.POW: "pow({0},{1})", Op.WHERE: "({0}?{1}:{2})"})
 
 # Integer ops that C leaves undefined for some operands, rendered so every operand has numpy's answer. {t}: the type,
 # {u}: its unsigned twin, {w}: the unsigned type the arithmetic runs in (uint, ulong for 64-bit: narrower types would

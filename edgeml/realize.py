@@ -4,6 +4,7 @@ schedule is evaluated on the host in numpy instead (edgeml/host_eval.py).
 
 EDGEML_DEBUG=2 prints one line per kernel with its OpenCL-event time, =3 adds the schedule, =4 the source.
 """
+import os
 from compiled.debug import DEBUG, kernel_line, say
 from edgeml.ops import Op
 from edgeml.schedule import schedule
@@ -23,9 +24,11 @@ def realize(outputs: list, stats: list | None = None, host: bool = False) -> Non
     for i, it in enumerate(items): say(f"schedule {i}: {it.out} <- {[n.shape for n in it.loads]}")
   if not host and not items: return
   if not host:
-    from compiled.device import DeviceError, default_device
+    from compiled.device import DeviceError, default_device, list_devices
     try: dev = default_device()
-    except DeviceError: host = True
+    except DeviceError:   # on the host only where there is no device at all, never instead of the one asked for
+      if os.environ.get("EDGEML_DEVICE") or list_devices(): raise
+      host = True
   if host:
     from edgeml.host_eval import fold
     fold(items)

@@ -6,8 +6,8 @@ Choices, each for a trap measured on this machine (see BUS_NOTES.md) or found by
   - Keep-latest is the default, done by the reader: each read drains what has arrived (without blocking, at most
     about a queue's worth) and keeps the newest message that passes validation, so junk never displaces the
     latest valid message. A high-water mark alone would let kernel buffers hold seconds of old messages.
-    Subscribers that need every message (recorder, echo) ask for conflate=False and get the service's queue; past
-    it the publisher drops, it never blocks.
+    Subscribers that need every message (recorder, echo) read sub_socket() as a queue, or use
+    SubMaster(conflate=False); past it the publisher drops, it never blocks.
   - Every message is validated whole before anyone sees it (ipc/validate.py); a malformed one is counted, dropped
     and reported at a bounded rate, never raised into a consumer.
   - Each subscriber socket refuses messages over the service's max_bytes (ZMQ_MAXMSGSIZE) and holds at most
@@ -112,10 +112,10 @@ def drain_limit(service: str) -> int:
   return 2 * get_service(service).hwm + 16
 
 
-def sub_socket(service: str, conflate: bool = True) -> zmq.Socket:
+def sub_socket(service: str) -> zmq.Socket:
   """A SUB socket connected to `service`, holding at most the service's hwm messages of at most its max_bytes.
-  Keep-latest (conflate) is the reader's part, the socket is the same: SubMaster and FrameClient drain it on
-  every read; a plain recv() reads it as a queue."""
+  Keep-latest is the reader's part: SubMaster and FrameClient drain the socket on every read; a plain recv() reads
+  it as a queue."""
   info = get_service(service)
   address = _ipc_ready(service)
   sock = zmq.Context.instance().socket(zmq.SUB)

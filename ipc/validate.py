@@ -153,5 +153,6 @@ class DropLog:
     now = time.monotonic()
     if now - self.last.get(service, -1e18) >= self.interval_s:
       count, self.pending[service], self.last[service] = self.pending[service], 0, now
-      print(f"{self.who}: dropped {count} malformed {service} message{'s' * (count > 1)}, the last: {reason}",
-            file=self.stream or sys.stderr, flush=True)
+      try: print(f"{self.who}: dropped {count} malformed {service} message{'s' * (count > 1)}, the last: {reason}",
+                 file=self.stream or sys.stderr, flush=True)
+      except (OSError, ValueError): pass   # stderr closed: the count still goes on; a log line never stops a reader

@@ -250,7 +250,7 @@ def sink(conflate):
 def flood_sink(service):
   """A queueing socket that reads nothing until told 'report'; then it reads until a valid message comes and prints
   'rss BASE_KB PEAK_KB HELD' (HELD: flood messages it had queued)."""
-  sock = sub_socket(service, conflate=False)
+  sock = sub_socket(service)
   base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   print("ready", flush=True)
   while read_command(10) != "report":

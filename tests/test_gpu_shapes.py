@@ -17,8 +17,7 @@ from edgeml.codegen import kernel_name, program_source, render, render_shape
 from edgeml.opt import MIN_GPU_ITEMS, KernelShape
 from edgeml.realize import realize
 from edgeml.schedule import schedule
-try: from edgeml.compile import compile_model      # its home since the host-only compiler (issue 12)
-except ImportError: from tools.compile import compile_model
+from edgeml.compile import compile_model
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 SHARED = [MODELS / f"{n}.onnx" for n in ("tiny_detector", "mini_drive") if (MODELS / f"{n}.onnx").exists()]

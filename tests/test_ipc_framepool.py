@@ -64,7 +64,7 @@ def filled(n):
 def all_arrived(service, count):
   """A queueing probe socket of `service`, returned once it has received `count` messages: the keep-latest
   sockets of this process, served by the same publisher, have them too by then."""
-  probe = sub_socket(service, conflate=False)
+  probe = sub_socket(service)
   return probe, lambda: all(probe.poll(10000) and probe.recv() for _ in range(count))
 
 

@@ -122,7 +122,7 @@ def test_round_trip(children):
 def test_keep_latest_by_default_and_queue_on_request(children):
   burst = 50
   sm = SubMaster(["robotState"])
-  queued = sub_socket("robotState", conflate=False)
+  queued = sub_socket("robotState")
   children(__file__, "burst", str(burst), "2").expect("done")
   seen = []
 
@@ -142,7 +142,7 @@ def test_keep_latest_by_default_and_queue_on_request(children):
 def test_polling_submaster_gives_the_newest_not_the_oldest_queued(children):
   burst = 50
   sm = SubMaster(["robotState"], poll="robotState")
-  probe = sub_socket("robotState", conflate=False)  # has every message once they have all arrived
+  probe = sub_socket("robotState")  # has every message once they have all arrived
   children(__file__, "burst", str(burst), "2").expect("done")
   for _ in range(burst):
     assert probe.poll(10000)
@@ -191,7 +191,7 @@ def test_malformed_messages_are_counted_while_valid_ones_arrive(children):
 
 def test_slow_subscriber_never_blocks_publisher(children):
   flood = 20000
-  stalled = sub_socket("robotState", conflate=False)
+  stalled = sub_socket("robotState")
   children(__file__, "burst", str(flood), "1").expect("done", timeout_s=60)  # all sent while nobody reads
   received = 0
   while stalled.poll(200):

@@ -141,7 +141,7 @@ def collect(sock, camerad, last_frame_id: int) -> list:
 def run_stack(spawn, model, frames: int, skip=(), modeld_args=(), during=None):
   """camerad (frames, skipped ids) + modeld; returns (outputs received, modeld's printout). `during(sock, camerad)`
   replaces the default collection for tests that act on the stack while it runs; camerad is then stopped."""
-  sock = sub_socket("modelOutput", conflate=False)  # subscribed before modeld starts: it waits for us
+  sock = sub_socket("modelOutput")  # subscribed before modeld starts: it waits for us
   try:
     modeld = spawn("tools.modeld", str(model), "--wait-subscriber", str(WAIT_S), *modeld_args)
     camerad = spawn("tools.camerad", "--size", "x".join(map(str, CAMERA)), "--frames", str(frames),
@@ -293,7 +293,7 @@ def test_junk_camera_notices_do_not_starve_modeld(spawn, model):
     try: parse(parts[0], "cameraFrame")
     except MessageError: return True
     return len(parts) > 1
-  sock = sub_socket("modelOutput", conflate=False)
+  sock = sub_socket("modelOutput")
   try:
     with FrameServer("road", *CAMERA) as server:
       modeld = spawn("tools.modeld", str(model), "--wait-subscriber", str(WAIT_S))
@@ -321,7 +321,7 @@ def test_junk_camera_notices_do_not_starve_modeld(spawn, model):
 def test_a_stall_of_modeld_shows_in_frame_drop_perc(spawn, model):
   """SIGSTOP modeld for 2 s at 20 Hz: about 40 frame ids go by unprocessed, and the first output after it says
   that most recent frames were lost (a per-output filter read 4.6%)."""
-  sock = sub_socket("modelOutput", conflate=False)
+  sock = sub_socket("modelOutput")
   try:
     modeld = spawn("tools.modeld", str(model), "--wait-subscriber", str(WAIT_S))
     camerad = spawn("tools.camerad", "--size", "x".join(map(str, CAMERA)), "--wait-client", str(WAIT_S))
@@ -460,7 +460,7 @@ def test_two_cameras_matched_by_frame_id(spawn, tmp_path):
   compile_model(str(tmp_path / "two.onnx"), str(tmp_path / "two.edgeml"), log=lambda *_: None)
   (tmp_path / "two.modeld.json").write_text(json.dumps({"inputs": {"road_img": {"source": "road", "layout": "yuv6"},
                                                             "wide_img": {"source": "wideRoad", "layout": "rgb"}}}))
-  sock = sub_socket("modelOutput", conflate=False)
+  sock = sub_socket("modelOutput")
   try:
     modeld = spawn("tools.modeld", str(tmp_path / "two.edgeml"), "--wait-subscriber", str(WAIT_S))
     camerad = spawn("tools.camerad", "--cameras", "road,wideRoad", "--size", "x".join(map(str, CAMERA)),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 from edgeml import Tensor
+from edgeml.realize import realize
 
 pytestmark = pytest.mark.portable   # small and device-independent: the Oclgrind job runs these too
 
@@ -341,3 +342,15 @@ def test_creation_and_laziness():
   assert not t.node.realized          # nothing ran yet
   t.realize()
   assert t.node.realized
+
+
+@pytest.mark.parametrize("n", [3, 8, 64])   # scalar lanes, and shapes the code generator puts in vector lanes
+def test_maximum_has_one_nan_rule(n):
+  """max(a, b) is `a > b ? a : b` everywhere: scalar and vector kernels and the host's constant folding agree on NaN."""
+  a = np.resize(np.array([0, np.nan, 1, 2, np.nan, 3, 4, 5], np.float32), (1, n))
+  b = np.resize(np.array([np.nan, 0, 3, 1, 2, np.nan, 9, 0], np.float32), (1, n))
+  want = np.where(a > b, a, b)
+  np.testing.assert_array_equal(Tensor(a).maximum(Tensor(b)).numpy(), want)
+  folded = Tensor(a).maximum(Tensor(b))
+  realize([folded.node], host=True)
+  np.testing.assert_array_equal(folded.numpy(), want)

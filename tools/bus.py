@@ -34,7 +34,7 @@ def receive(services, seconds=None):
   message (never sent on this bus) is skipped whole; other malformed ones are yielded as they came."""
   poller, names = zmq.Poller(), {}
   for name in services:
-    sock = sub_socket(name, conflate=False)
+    sock = sub_socket(name)
     poller.register(sock, zmq.POLLIN)
     names[sock] = name
   end = None if seconds is None else time.monotonic() + seconds
@@ -63,7 +63,7 @@ def list_services(args):
 
 
 def hz(args):
-  sock = sub_socket(args.service, conflate=False)
+  sock = sub_socket(args.service)
   end = None if args.time is None else time.monotonic() + args.time
   count, start = 0, time.monotonic()
   while end is None or time.monotonic() < end:

@@ -41,7 +41,7 @@ def consume() -> None:
   from ipc import decode, sub_socket
   stop = []
   for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.append(1))
-  cam, out = sub_socket("roadCameraState", conflate=False), sub_socket("modelOutput", conflate=False)
+  cam, out = sub_socket("roadCameraState"), sub_socket("modelOutput")
   eof, seen = {}, {"frames_in": 0, "outputs": 0, "valid": 0, "drop_perc": 0.0}
   latency, model, gpu, first, next_report = [], [], [], None, time.monotonic() + 1
   while not stop:

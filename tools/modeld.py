@@ -39,6 +39,7 @@ from compiled.preprocess import FrameWarp
 from compiled.modelconfig import config_path, load_config
 from ipc import SERVICES, FrameClient, PubMaster, SubMaster, camera_service, new_message, set_outputs
 from ipc.rundir import UnsafePath
+from ipc.validate import DropLog
 
 DROP_TIME_CONSTANT_S = 1.0
 STATUS_EVERY_S = 5.0
@@ -113,6 +114,7 @@ class Status:
 class ModelDaemon:
   def __init__(self, program, config, log=print):
     self.program, self.config, self.log = program, config, log
+    self.calibration_drops = DropLog("modeld")   # well-formed messages that carry an unusable matrix
     self.queue = program.device.queue
     self.warps = {}
     for image in config.images:
@@ -222,7 +224,8 @@ class ModelDaemon:
     if not self.sm.updated["liveCalibration"]: return
     matrix = np.array(self.sm["liveCalibration"].warpMatrix, np.float64)
     if matrix.size != 9 or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix.reshape(3, 3))) < 1e-12:
-      self.log(f"modeld: ignoring a calibration that is not an invertible 3x3 matrix: {matrix.tolist()}")
+      self.calibration_drops.drop("liveCalibration", f"warpMatrix of {matrix.size} values is not an invertible "
+                                                     f"3x3 matrix")
       return
     for warp in self.warps.values(): warp.set_matrix(matrix.reshape(3, 3))
     self.calibrated = True
