@@ -382,7 +382,10 @@ class FrameClient:
     """The frame a cameraFrame notice names, or None if its buffer has been reused already or the notice names no
     buffer of the pool (a malformed notice, counted in errors)."""
     if notice.poolId != self.pool.pool_id:
-      try:
+      try:   # map the pool again only when the server made a new one: junk pool ids cost a stat, not a mapping
+        if os.stat(pool_path(self.camera)).st_ino == self.pool.inode:
+          self.errors += 1
+          return None
         pool = Pool(pool_path(self.camera), writable=False)
       except (OSError, ValueError, UnsafePath):
         return None

@@ -57,6 +57,23 @@ def test_notice_naming_no_buffer_is_counted_not_raised():
     assert frame_number(client, 3) is not None
 
 
+def test_notices_of_unknown_pools_do_not_remap_the_pool(monkeypatch):
+  """A flood of notices naming pools that do not exist costs a stat each, not a mapping of the whole pool."""
+  import ipc.framepool as framepool
+  maps = []
+  real_pool = framepool.Pool
+  monkeypatch.setattr(framepool, "Pool", lambda *a, **k: maps.append(a) or real_pool(*a, **k))
+  with FrameServer("road", W, H, buffers=4) as server, FrameClient("road") as client:
+    assert server.wait_for_client(10)
+    maps.clear()
+    for pool_id in range(1, 21):
+      server.pm.send(server.service, new_message(server.service, camera="road", poolId=pool_id, bufferIndex=0,
+                                                 bufferSeq=1))
+    assert client.recv(2000) is None and client.errors == 20 and maps == []
+    server.send(filled(4))
+    assert frame_number(client, 4) is not None
+
+
 def filled(n):
   return np.full(FRAME_BYTES, n, np.uint8)
 
