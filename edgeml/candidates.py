@@ -6,7 +6,7 @@ compile-time tuner's MIN_FLOPS rule) up to MAX_CANDIDATES others, in the code ge
 """
 from compiled.artifact import MAX_CANDIDATES, CandidateSpec
 
-MIN_FLOPS = 2_000_000   # edgeml/tune.py's rule (not imported: that module opens OpenCL, compiling needs no device)
+MIN_FLOPS = 2_000_000   # kernels worth tuning (here and in edgeml/tune.py); smaller ones are not worth a build
 
 LONG_HELPERS = ("floordiv_l(", "floormod_l(")   # defined in a program only where its kernels use them
 

@@ -11,10 +11,10 @@ from dataclasses import replace
 import pyopencl as cl
 from compiled.atomic import write_atomic
 from compiled.device import Device, cache_dir, cache_writable
+from edgeml.candidates import MIN_FLOPS
 from edgeml.codegen import Kernel, program_source
 from edgeml.host_eval import device_buffer
 
-MIN_FLOPS = 2_000_000   # smaller kernels are not worth a build
 TRIES = 6               # variants timed, in the code generator's order of preference
 RUNS = 3
 
