@@ -21,7 +21,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from compiled.atomic import write_atomic
-from compiled.kernelsig import ELEMENT_BYTES, SourceError, kernels_of
+from compiled.kernelsig import ELEMENT_BYTES, SourceError, function_span, kernels_of
 from compiled.targets import TARGETS
 
 import capnp
@@ -314,7 +314,6 @@ def _validate_candidates(spec: ProgramSpec, k: KernelSpec, decl, what: str, fail
       fail(f"{at}: the source is not text of one kernel function (no comments, no preprocessor lines)")
     try: found = kernels_of(c.source)
     except SourceError as e: fail(f"{at}: {e}")
-    from compiled.variants import function_span
     span = function_span(c.source, k.name)
     if list(found) != [k.name] or span is None or c.source[:span[0]].strip() or c.source[span[1]:].strip():
       fail(f"{at}: the source must be exactly the function of kernel {k.name!r}, found {sorted(found)}")

@@ -296,13 +296,26 @@ def _param(text: str) -> Param:
 _BRACE = re.compile(r"[{}]")
 
 
-def _body(source: str, start: int) -> str:
-  """The text between the brace at `start` and its matching closing brace."""
+def _closing_brace(source: str, start: int) -> int:
+  """The index just past the brace that closes the one at `start`."""
   depth = 0
   for m in _BRACE.finditer(source, start):
     depth += 1 if m.group() == "{" else -1
-    if depth == 0: return source[start + 1:m.start()]
+    if depth == 0: return m.end()
   raise SourceError("a kernel body has no closing brace")
+
+
+def _body(source: str, start: int) -> str:
+  """The text between the brace at `start` and its matching closing brace."""
+  return source[start + 1:_closing_brace(source, start) - 1]
+
+
+def function_span(source: str, name: str) -> tuple[int, int] | None:
+  """(start, end) of the `__kernel` function `name` in `source`: from its qualifier to its closing brace, or None."""
+  m = next((m for m in _KERNEL.finditer(source) if m.group(2) == name), None)
+  if m is None: return None
+  try: return m.start(), _closing_brace(source, m.end() - 1)
+  except SourceError: return None
 
 
 def kernels_of(source: str) -> dict[str, KernelDecl]:

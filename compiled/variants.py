@@ -6,30 +6,16 @@ by (device name, driver version) that edgeml-tune (compiled/tune.py) measured on
 program a device runs: the artifact's source with each picked candidate's function spliced in place of the kernel's,
 and the kernels with the candidate's launch sizes. A device without a choice runs the artifact's own source.
 """
-import re
 from dataclasses import replace
 
 from compiled.artifact import ChoiceSpec, KernelSpec, ProgramSpec
-
-_HEAD = r"\b(?:__)?kernel\s+(?:__attribute__\s*\(\([^;{{]*?\)\)\s*)*void\s+{name}\s*\("
+from compiled.kernelsig import function_span
 
 
 def device_key(dev) -> tuple[str, str]:
   """(device name, driver version) of a pyopencl device: the key of the choice table."""
   from compiled.device import describe
   return describe(dev), dev.driver_version
-
-
-def function_span(source: str, name: str) -> tuple[int, int] | None:
-  """(start, end) of the `__kernel` function `name` in `source`: from its qualifier to its closing brace."""
-  m = re.search(_HEAD.format(name=re.escape(name)), source)
-  if m is None: return None
-  depth, at = 0, source.find("{", m.end())
-  if at < 0: return None
-  for b in re.finditer(r"[{}]", source[at:]):
-    depth += 1 if b.group() == "{" else -1
-    if depth == 0: return m.start(), at + b.end()
-  return None
 
 
 def choice_for(spec: ProgramSpec, key: tuple[str, str]) -> ChoiceSpec | None:
