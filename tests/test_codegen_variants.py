@@ -8,6 +8,7 @@ from compiled.device import default_device
 from edgeml import Tensor
 from compiled.targets import TARGETS
 from edgeml.codegen import NotVectorizable, kernel_name, program_source, render_shape
+from edgeml.host_eval import device_buffer
 from edgeml.opt import KernelShape, candidates, reduce_length
 from edgeml.realize import realize
 from edgeml.schedule import schedule
@@ -59,9 +60,7 @@ def test_every_variant_computes_the_same(case):
     except NotVectorizable: continue
     kernel = cl.Kernel(dev.build(program_source([k])), k.name)
     buf = dev.alloc(k.out.nbytes)
-    args = [n.buffer if isinstance(n.buffer, cl.MemoryObjectHolder) else dev.upload(np.ascontiguousarray(n.buffer))
-            for n in k.loads]   # a Tensor's data may still be on the host
-    kernel.set_args(buf, *args)
+    kernel.set_args(buf, *[device_buffer(n) for n in k.loads])
     cl.enqueue_nd_range_kernel(dev.queue, kernel, k.global_size, k.local_size)
     got = dev.download(buf, k.out.shape, k.out.dtype).reshape(want.shape)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{case} {shape}")

@@ -14,6 +14,7 @@ from compiled.device import default_device
 from compiled.targets import TARGETS
 from edgeml import Tensor, demo_model
 from edgeml.codegen import kernel_name, program_source, render, render_shape
+from edgeml.host_eval import device_buffer
 from edgeml.opt import MIN_GPU_ITEMS, KernelShape
 from edgeml.realize import realize
 from edgeml.schedule import schedule
@@ -60,14 +61,9 @@ def run_last_kernel(out: Tensor, kernel_of) -> np.ndarray:
   item = schedule([out.node])[-1]
   k = kernel_of(item)
   dev = default_device()
-  buf, args = dev.alloc(k.out.nbytes), [device_buffer(dev, n) for n in k.loads]
+  buf, args = dev.alloc(k.out.nbytes), [device_buffer(n) for n in k.loads]
   cl.Kernel(dev.build(program_source([k])), k.name)(dev.queue, k.global_size, k.local_size, buf, *args)
   return dev.download(buf, k.out.shape, k.out.dtype), k
-
-
-def device_buffer(dev, n):
-  """The device buffer of a leaf (a Tensor's data may still be on the host)."""
-  return n.buffer if isinstance(n.buffer, cl.MemoryObjectHolder) else dev.upload(np.ascontiguousarray(n.buffer))
 
 
 rng = np.random.default_rng(1)

@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 from compiled.targets import TARGETS
 from edgeml import Tensor
 from edgeml.codegen import program_source, render, render_shape
+from edgeml.host_eval import device_buffer
 from edgeml.opt import MIN_GPU_ITEMS, KernelShape, candidates, cpu_shapes, reduce_length, work_items
 from edgeml.schedule import schedule
 
@@ -79,8 +80,7 @@ def run(k):
   from compiled.device import default_device
   dev = default_device()
   buf = dev.alloc(k.out.nbytes)
-  args = [n.buffer if isinstance(n.buffer, cl.MemoryObjectHolder) else dev.upload(np.ascontiguousarray(n.buffer))
-          for n in k.loads]   # a Tensor's data may still be on the host
+  args = [device_buffer(n) for n in k.loads]
   cl.Kernel(dev.build(program_source([k])), k.name)(dev.queue, k.global_size, k.local_size, buf, *args)
   return dev.download(buf, k.out.shape, k.out.dtype)
 
