@@ -5,10 +5,10 @@ compile-time tuner, or none: the code generator's first) pick, and keeps for eac
 compile-time tuner's MIN_FLOPS rule) up to MAX_CANDIDATES others, in the code generator's order.
 """
 from compiled.artifact import MAX_CANDIDATES, CandidateSpec
+from edgeml.codegen import uses_long_helpers
 
 MIN_FLOPS = 2_000_000   # kernels worth tuning (here and in edgeml/tune.py); smaller ones are not worth a build
 
-LONG_HELPERS = ("floordiv_l(", "floormod_l(")   # defined in a program only where its kernels use them
 
 
 class Recorder:
@@ -32,7 +32,7 @@ class Recorder:
     out = []
     for i, k in enumerate(variants):
       if i == index or k.source == kernel.source: continue
-      if any(h in k.source and h not in program_source for h in LONG_HELPERS): continue
+      if uses_long_helpers(k.source) and not uses_long_helpers(program_source): continue
       out.append(CandidateSpec(k.source, tuple(k.global_size), tuple(k.local_size) if k.local_size else None))
       if len(out) == MAX_CANDIDATES: break
     return out

@@ -377,10 +377,16 @@ class _Renderer:
     return self.lines
 
 
+def uses_long_helpers(source: str) -> bool:
+  """Whether `source` calls (or defines) the 64-bit floor helpers; a program gets LONG_PRELUDE only then, since
+  64-bit integers are optional on embedded-profile devices."""
+  return "floordiv_l(" in source or "floormod_l(" in source
+
+
 def program_source(kernels: list[Kernel]) -> str:
   """One OpenCL program holding `kernels` (their names must be unique)."""
   source = "\n".join(k.source for k in kernels)
-  longs = LONG_PRELUDE if "floordiv_l(" in source or "floormod_l(" in source else ""
+  longs = LONG_PRELUDE if uses_long_helpers(source) else ""
   return PRELUDE + longs + (IMAGE_PRELUDE if any(k.uses_images for k in kernels) else "") + source
 
 
