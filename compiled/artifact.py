@@ -158,8 +158,8 @@ def validate(spec: ProgramSpec, where: str = "spec", max_tensor_bytes: int | Non
   launch storing exactly its output, and inputs and outputs of at most `max_tensor_bytes` (see tensor_cap)."""
   def fail(problem: str): raise ArtifactError(f"{where}: {problem}")
   cap = tensor_cap(max_tensor_bytes)
-  for field in ("target", "compiler_version", "source", "build_options"):
-    if not isinstance(getattr(spec, field), str): fail(f"{field} is not text")
+  for name in ("target", "compiler_version", "source", "build_options"):
+    if not isinstance(getattr(spec, name), str): fail(f"{name} is not text")
   if spec.target not in TARGETS: fail(f"unknown target {spec.target!r} (known: {', '.join(TARGETS)})")
   if not _is_int(spec.align) or spec.align < 1 or spec.align & (spec.align - 1):
     fail(f"align must be a positive power of two, got {spec.align}")

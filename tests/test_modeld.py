@@ -23,7 +23,7 @@ from compiled.preprocess import reference
 from ipc import PubMaster, decode, get_outputs, new_message, sub_socket
 from ipc.framepool import SHM_DIR
 from ipc.testing import isolated_bus
-from tools import drive_model
+from edgeml import demo_model
 from tools.camerad import synthetic_frame
 from edgeml.compile import compile_model
 from compiled.modelconfig import config_path, load_config
@@ -37,11 +37,11 @@ WAIT_S = 30  # bound on every wait for a process
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-  """A compiled drive_model artifact with its config beside it."""
+  """A compiled small demo-model artifact with its config beside it."""
   folder = tmp_path_factory.mktemp("model")
-  drive_model.build(str(folder / "drive.onnx"), *SHAPE[2:])
+  demo_model.build_small(str(folder / "drive.onnx"), *SHAPE[2:])
   compile_model(str(folder / "drive.onnx"), str(folder / "drive.edgeml"), log=lambda *_: None)
-  (folder / "drive.modeld.json").write_text(json.dumps(drive_model.CONFIG))
+  (folder / "drive.modeld.json").write_text(json.dumps(demo_model.CONFIG))
   return folder / "drive.edgeml"
 
 
@@ -59,7 +59,7 @@ def signed(model, tmp_path_factory):
   for name, key in (("signed", "trusted.pem"), ("other", "other.pem"), ("tampered", "trusted.pem")):
     paths[name] = folder / f"{name}.edgeml"
     write_artifact(spec, paths[name], sign_key=folder / key)
-    (folder / f"{name}.modeld.json").write_text(json.dumps(drive_model.CONFIG))
+    (folder / f"{name}.modeld.json").write_text(json.dumps(demo_model.CONFIG))
   data = bytearray(paths["tampered"].read_bytes())
   data[-1] ^= 1
   paths["tampered"].write_bytes(bytes(data))
@@ -219,7 +219,7 @@ def test_outputs_equal_the_artifact_run_directly_and_drops_are_counted(spawn, mo
 
 
 def test_outputs_invalid_until_calibration_when_required(spawn, model, tmp_path):
-  config = dict(drive_model.CONFIG, requires_calibration=True)
+  config = dict(demo_model.CONFIG, requires_calibration=True)
   (tmp_path / "calibrated.json").write_text(json.dumps(config))
   matrix = [0.9, 0.0, 2.0, 0.0, 0.9, 1.0, 0.0, 0.0, 1.0]
 
@@ -243,7 +243,7 @@ def test_hostile_calibrations_are_dropped_and_counted_while_frames_flow(spawn, m
   import random
   from ipc.fuzz import broken_pointers, hostile
   from ipc.validate import MessageError, parse
-  config = dict(drive_model.CONFIG, requires_calibration=True)
+  config = dict(demo_model.CONFIG, requires_calibration=True)
   (tmp_path / "calibrated.json").write_text(json.dumps(config))
   matrix = [0.9, 0.0, 2.0, 0.0, 0.9, 1.0, 0.0, 0.0, 1.0]
   good = new_message("liveCalibration", warpMatrix=matrix).to_bytes()
@@ -429,13 +429,13 @@ def test_config_errors_name_the_input(model, tmp_path):
            "desire": ({"source": "road", "layout": "rgb"}, r"\(1, 3\*frames, h, w\)")}
   for name, (entry, message) in cases.items():
     path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps({"inputs": {**drive_model.CONFIG["inputs"], name: entry}}))
+    path.write_text(json.dumps({"inputs": {**demo_model.CONFIG["inputs"], name: entry}}))
     with pytest.raises(ValueError, match=f"input '{name}'.*{message}"):
       load_config(str(path), prog.inputs, prog.outputs, CAMERAS)
   with pytest.raises(ValueError, match="no model config.*write one"):
     load_config(str(tmp_path / "none.json"), prog.inputs, prog.outputs)
   for text, message in (('["input_imgs"]', "expected an object"), ('{"inputs": ["desire"]}', "expected an object"),
-                        (json.dumps({"inputs": {**drive_model.CONFIG["inputs"], "desire": "zeros"}}),
+                        (json.dumps({"inputs": {**demo_model.CONFIG["inputs"], "desire": "zeros"}}),
                          "input 'desire': the entry must be an object, not 'zeros'")):
     (tmp_path / "odd.json").write_text(text)
     with pytest.raises(ValueError, match=message):
@@ -508,10 +508,10 @@ def test_the_default_config_is_model_modeld_json_and_the_old_name_is_not_read(mo
   prog = compiled.load(model)
   assert config_path(tmp_path / "drive.edgeml") == str(tmp_path / "drive.modeld.json")
   assert config_path("drive.onnx") == "drive.modeld.json"
-  (tmp_path / "drive.json").write_text(json.dumps(drive_model.CONFIG))
+  (tmp_path / "drive.json").write_text(json.dumps(demo_model.CONFIG))
   with pytest.raises(ValueError, match=r"drive\.json is there, but that old default name is no longer read.*rename it"):
     load_config(config_path(tmp_path / "drive.edgeml"), prog.inputs, prog.outputs, CAMERAS)
-  (tmp_path / "drive.modeld.json").write_text(json.dumps(drive_model.CONFIG))
+  (tmp_path / "drive.modeld.json").write_text(json.dumps(demo_model.CONFIG))
   (tmp_path / "drive.json").write_text('{"traceEvents": []}')  # a profile trace beside it changes nothing
   config = load_config(config_path(tmp_path / "drive.edgeml"), prog.inputs, prog.outputs, CAMERAS)
   assert config.cameras == ["road"] and config.recurrent == {"state": "state_out"}

@@ -11,7 +11,7 @@ import json
 import os
 
 from compiled.modelconfig import config_path
-from edgeml.demo_model import CONFIG, build_small as build  # noqa: F401  (tests/test_modeld.py reads these two)
+from edgeml.demo_model import CONFIG
 
 
 def main(argv=None):
