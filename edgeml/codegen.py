@@ -229,10 +229,13 @@ class _Renderer:
 
   def _vector_read(self, n: Node, offset: Lin) -> str:
     """`width` lanes of n from offset: one vload for neighbouring elements, two overlapping ones for every other
-    element (stride-2 windows), a broadcast when the offset does not depend on the lane."""
+    element (stride-2 windows), a broadcast when the offset does not depend on the lane, else one read per lane."""
     coef, rest = offset.split_var(self.lane)
     if coef == 0: return f"((float{self.width})({self._scalar_read(n, offset)}))"
-    if coef not in (1, 2): raise NotVectorizable("strided lanes")
+    if coef is None: raise NotVectorizable("lane inside a division")
+    if coef not in (1, 2):   # lanes far apart: one read each
+      self.extra += self.width - 1
+      return f"(float{self.width})({','.join(self._scalar_read(n, rest + coef * k) for k in range(self.width))})"
     if id(n) in self.images:   # whole texels only: 4 or 8 lanes from a multiple of 4
       if coef != 1 or self.width not in (4, 8) or not (rest % 4).is_const() or (rest % 4).const:
         raise NotVectorizable("image lanes not aligned to texels")
@@ -529,7 +532,7 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
     outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
     base = [gx if a == inner else Lin() if s == 1 else (gy // st) % s
             for a, (s, st) in enumerate(zip(outer, contiguous_strides(outer)))]
-  lane_axis = lane_axis_of(out.shape)
+  lane_axis = shape.lanes_on(out.shape)
   scalar_tiles = {a: t for a, t in tiles.items() if width == 1 or reduce_lanes or a != lane_axis}
   if width > 1 and not reduce_lanes: base[lane_axis] = base[lane_axis] * width + Lin.of(r.lane)
   stores = []
@@ -540,7 +543,9 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
     where = Lin.combine(zip(idx, contiguous_strides(out.shape)))
     if width > 1 and not reduce_lanes:
       if out.dtype != np.float32: raise NotVectorizable("non-float32 output")
-      stores.append(f"vstore{width}({r.as_vector(v)},0,data0+{where.split_var(r.lane)[1].render()});")
+      step, rest = where.split_var(r.lane)
+      if step == 1: stores.append(f"vstore{width}({r.as_vector(v)},0,data0+{rest.render()});")
+      else: stores += [f"data0[{(rest + step * k).render()}] = {r.as_vector(v)}.s{k:x};" for k in range(width)]
     elif out.dtype.type is np.float16: stores.append(f"vstore_half({v},{where.render()},data0);")
     else: stores.append(f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
   if shape.group > 1: stores = ["if (lid == 0) {"] + stores + ["}"]   # every work item reached the barriers

@@ -30,9 +30,14 @@ class KernelShape:
   flat: bool = False          # one padded launch dimension over the whole grid, `local` work items per group
   local: int = 0              # work-group size of a flat or grouped launch (0: chosen by pick_local_size)
   group: int = 1              # work items splitting each output's reduce (grouped reduce); its work-group size
+  lane_axis: int | None = None   # the output axis in vector lanes (None: lane_axis_of the output shape)
 
   def __hash__(self): return hash((tuple(sorted(self.tiles.items())), self.width, self.reduce_lanes, self.flat,
-                                   self.local, self.group))
+                                   self.local, self.group, self.lane_axis))
+
+  def lanes_on(self, out_shape: tuple) -> int:
+    """The output axis in vector lanes."""
+    return lane_axis_of(out_shape) if self.lane_axis is None else self.lane_axis
 
 
 def pick_local_size(nx: int, ny: int) -> tuple[int, int]:
@@ -69,8 +74,10 @@ def reduce_length(item: ScheduleItem) -> int:
 
 def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
   """Shapes for CPU-like devices. Each work item computes `tiles[axis]` neighbouring outputs along one or two axes
-  (a small divisor of the axis); vector lanes on the lane axis, or on the innermost reduce axis. At most 32 scalar
-  outputs or 64 vector lanes per work item; at least 8 work items."""
+  (a small divisor of the axis); vector lanes on the lane axis, or on the innermost reduce axis, or (channel lanes)
+  8 lanes on another axis, times a tile along the lane axis: a convolution's output channels, whose weights conv2d
+  stores in blocks of 8 channels, so one vector load feeds a vector FMA for each output position of the tile. At
+  most 32 scalar outputs or 64 vector lanes per work item; at least 8 work items."""
   shape = item.out.shape
   lane_axis = lane_axis_of(shape)
   if not reduce_length(item):   # elementwise: lanes only
@@ -87,7 +94,18 @@ def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
     if tiles.get(lane_axis) in (2, 4, 8) and count <= 64: out.append(KernelShape(tiles, tiles[lane_axis]))
     if count <= 32: out.append(KernelShape(tiles))
     if count <= 8: out.append(KernelShape(tiles, 8, True))
-  return out or [KernelShape()]
+  return out + channel_lane_shapes(item) or [KernelShape()]
+
+
+def channel_lane_shapes(item: ScheduleItem) -> list[KernelShape]:
+  """8 lanes on an axis other than the lane axis, times a tile of up to 8 along the lane axis (CPU-like devices)."""
+  shape, lane_axis = item.out.shape, lane_axis_of(item.out.shape)
+  out = []
+  for a, s in enumerate(shape):
+    if a == lane_axis or s % 8: continue
+    for t in [t for t in (8, 5, 4, 3, 2) if shape[lane_axis] % t == 0][:2] + [1]:
+      if item.out.size // (8 * t) >= 8: out.append(KernelShape({a: 8, lane_axis: t} if t > 1 else {a: 8}, 8, lane_axis=a))
+  return out
 
 
 def work_items(item: ScheduleItem, s: KernelShape) -> int:
@@ -100,7 +118,7 @@ def gpu_shapes(item: ScheduleItem, target: Target) -> list[KernelShape]:
   MIN_GPU_ITEMS work items; when none does and the kernel reduces, a grouped reduce of up to MAX_GROUP work items per
   output, enough to reach MIN_GPU_ITEMS (at least 64, at most the reduce length rounded up to a power of two)."""
   local = target.work_group
-  flat = [KernelShape(s.tiles, s.width, s.reduce_lanes, True, local) for s in cpu_shapes(item)]
+  flat = [KernelShape(s.tiles, s.width, s.reduce_lanes, True, local, lane_axis=s.lane_axis) for s in cpu_shapes(item)]
   big = [s for s in flat if work_items(item, s) >= MIN_GPU_ITEMS]
   k = reduce_length(item)
   if big or not k: return big or [s for s in flat if not s.tiles] or flat

@@ -565,7 +565,7 @@ class Tensor:
     # move Cg next to the kernel axes: (N, G, 1, *O, Cg, *K)
     order = [0, 1, 2] + list(range(4, 4 + nd)) + [3] + list(range(4 + nd, 4 + 2 * nd))
     win = win.permute(order)
-    w = weight.reshape(1, groups, cog, *([1] * nd), cg, *kernel)
+    w = _channel_blocked(weight, groups).reshape(1, groups, cog, *([1] * nd), cg, *kernel)
     prod = win.expand_to(win.shape[:2] + (cog,) + win.shape[3:]) * w.expand_to((n, groups, cog) + tuple(outs) + (cg, *kernel))
     out = prod.sum(tuple(range(3 + nd, 4 + 2 * nd))).reshape(n, cout, *outs)
     if bias is not None: out = out + bias.reshape(1, cout, *([1] * nd))
@@ -698,3 +698,30 @@ def _conv_pads(padding, nd: int) -> list:
   if len(padding) == nd: return [tuple(p) for p in padding]
   if len(padding) == 2 * nd: return list(zip(padding[:nd], padding[nd:]))
   raise ValueError(f"padding {padding} does not fit {nd} spatial dims")
+
+
+CHANNEL_BLOCK = 8   # output channels per block of stored conv weights (the vector lanes of edgeml/opt.py)
+
+
+def _channel_blocked(weight: Tensor, groups: int) -> Tensor:
+  """The conv weight (Cout, Cg, *K), read from a copy stored as (Cout/8, Cg, *K, 8): 8 output channels side by side,
+  so a kernel computing 8 output channels in vector lanes loads their weights in one read. The copy is a kernel that
+  reads only weights: compiling folds it (edgeml/compile.py), so the artifact stores the blocked layout. Weights that
+  depend on an input, or whose groups' channel counts are not multiples of 8, are read as they are."""
+  cout, b = weight.shape[0], CHANNEL_BLOCK
+  if (cout // groups) % b or not _is_constant(weight.node): return weight
+  inner = tuple(range(2, weight.ndim + 1))
+  blocked = weight.reshape(cout // b, b, *weight.shape[1:]).permute(0, *inner, 1).contiguous()
+  return blocked.permute(0, weight.ndim, *range(1, weight.ndim)).reshape(weight.shape)
+
+
+def _is_constant(node: Node) -> bool:
+  """Whether `node` depends only on data already known (no graph input)."""
+  stack, seen = [node], set()
+  while stack:
+    n = stack.pop()
+    if id(n) in seen: continue
+    seen.add(id(n))
+    if n.op is Op.BUFFER and n.buffer is None: return False
+    stack.extend(n.src)
+  return True

@@ -2,12 +2,13 @@
 import math
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from compiled.targets import TARGETS
 from edgeml import Tensor
-from edgeml.codegen import program_source, render, render_shape
+from edgeml.codegen import NotVectorizable, program_source, render, render_shape
 from edgeml.host_eval import device_buffer
-from edgeml.opt import MIN_GPU_ITEMS, KernelShape, candidates, cpu_shapes, reduce_length, work_items
+from edgeml.opt import MIN_GPU_ITEMS, KernelShape, candidates, channel_lane_shapes, cpu_shapes, reduce_length, work_items
+from edgeml.realize import realize
 from edgeml.schedule import schedule
 
 rng = np.random.default_rng(0)
@@ -43,14 +44,15 @@ def test_big_conv_on_a_gpu_keeps_enough_work_items():
   assert k.local_size == (TARGETS["nvidia"].work_group, 1)
 
 
-def test_stride2_stem_conv_on_pocl_tiles_output_channels():
-  """A stride-2 lane read is two loads and a shuffle: the stem conv shares each input read across output channels
-  (about 2.5x faster on PoCL than output rows), and still computes the convolution."""
+def test_stride2_stem_conv_on_pocl_puts_output_channels_in_lanes():
+  """Output channels in vector lanes (conv2d stores the weights in blocks of 8 channels: one vload8 per tap) and
+  8 output columns per work item: each input read is shared by 8 channels, no stride-2 lane shuffles; the kernel
+  still computes the convolution."""
   x = rng.standard_normal((1, 12, 16, 32)).astype(np.float32)
   w = rng.standard_normal((24, 12, 3, 3)).astype(np.float32)
   t = Tensor(x).conv2d(Tensor(w), stride=2, padding=1)
   item = last_item(t)
-  assert render(item, target=TARGETS["pocl"]).source == render_shape(item, KernelShape({1: 8, 3: 8}, 8)).source
+  assert render(item, target=TARGETS["pocl"]).source == render_shape(item, KernelShape({1: 8, 3: 8}, 8, lane_axis=1)).source
   xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
   want = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + 15:2, j:j + 31:2], w[:, :, i, j]) for i in range(3) for j in range(3))
   np.testing.assert_allclose(t.numpy(), want, rtol=1e-4, atol=1e-4)
@@ -86,20 +88,27 @@ def run(k):
 
 
 @settings(max_examples=10, deadline=None)
-@given(cin_g=st.integers(1, 5), cout_g=st.integers(1, 11), groups=st.sampled_from([1, 2, 3]), depthwise=st.booleans(),
-       h=st.integers(1, 7), w=st.integers(1, 9), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]))
+@given(cin_g=st.integers(1, 5), cout_g=st.sampled_from([1, 2, 3, 5, 7, 8, 11, 16]), groups=st.sampled_from([1, 2, 3]),
+       depthwise=st.booleans(), h=st.integers(1, 7), w=st.integers(1, 9), k=st.sampled_from([1, 3]),
+       stride=st.sampled_from([1, 2]))
+@example(cin_g=3, cout_g=8, groups=2, depthwise=False, h=5, w=9, k=3, stride=2)    # weights blocked by channels
+@example(cin_g=2, cout_g=16, groups=1, depthwise=False, h=1, w=1, k=1, stride=1)
 def test_every_shape_of_a_conv_computes_it(cin_g, cout_g, groups, depthwise, h, w, k, stride):
-  """Convs with channel counts that are not multiples of a tile, 1x1 and 3x3, stride 2, groups and depthwise, tiny
-  and odd spatial sizes: the shape each target picks, and the grouped reduce, against numpy."""
+  """Convs with channel counts that are not multiples of a tile or of the weights' channel block, 1x1 and 3x3,
+  stride 2, groups and depthwise, tiny and odd spatial sizes: the shape each target picks, every channel-lane shape,
+  and the grouped reduce, against numpy."""
   if depthwise: cin_g, cout_g = 1, 1
   x = rng.standard_normal((1, cin_g * groups, h, w)).astype(np.float32)
   wt = rng.standard_normal((cout_g * groups, cin_g, k, k)).astype(np.float32)
   t = Tensor(x).conv2d(Tensor(wt), stride=stride, padding=k // 2, groups=groups).relu()
   want = np.maximum(conv_ref(x, wt, stride, k // 2, groups), 0)
   items = schedule([t.node])
-  if len(items) != 1: return
-  item = items[0]
+  realize([it.out for it in items[:-1]])   # the weights blocked by channels, when they are
+  item = schedule([t.node])[-1]
   kernels = [render(item, target=TARGETS[name]) for name in ("pocl", "nvidia")]
+  for shape in channel_lane_shapes(item):
+    try: kernels.append(render_shape(item, shape))
+    except NotVectorizable: pass
   if reduce_length(item): kernels.append(render_shape(item, KernelShape(group=4, local=4)))
   for kernel in kernels:
     np.testing.assert_allclose(run(kernel).reshape(want.shape), want, rtol=1e-4, atol=1e-4, err_msg=kernel.source[:200])
