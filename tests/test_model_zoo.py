@@ -13,9 +13,9 @@ import compiled
 from edgeml import model_zoo
 from edgeml.compile import compile_model
 
-# Conv and Gemm weights and biases: the reference's parameter count less what folding BatchNorm removes (torchvision's resnet18 has
-# 11,689,512 with 4,800 BN scales, mobilenet_v3_small 2,542,856 with 6,056; ultralytics' fused YOLOv8n 3,151,904
-# with the DFL's 16 fixed weights, which the zoo leaves out)
+# Conv and Gemm weights and biases: the reference's parameter count less what folding BatchNorm removes
+# (torchvision's resnet18 has 11,689,512 with 4,800 BN scales, mobilenet_v3_small 2,542,856 with 6,056;
+# ultralytics' fused YOLOv8n 3,151,904 with the DFL's 16 fixed weights, which the zoo leaves out)
 WEIGHTS = {"resnet18": 11_684_712, "mobilenet_v3_small": 2_536_800, "yolov8n": 3_151_888}
 OUTPUT = {"resnet18": (1, 1000), "mobilenet_v3_small": (1, 1000), "yolov8n": (1, 144, 40 * 40 + 20 * 20 + 10 * 10)}
 OPS = {"resnet18": {"Conv": 20, "MaxPool": 1, "Add": 8, "GlobalAveragePool": 1, "Gemm": 1},
