@@ -335,7 +335,8 @@ class _Renderer:
       fixed = {**loops, **{ax: Lin.of(v) for ax, v in zip(unrolled, values)}}
       for _, idx, valid, acc in self.pending:
         inner = tuple(fixed.get(ax, i) for ax, i in enumerate(idx))
-        v = self.value(src, inner, valid)
+        v = self._product(src, inner, valid) if n.op is Op.SUM else None
+        v = v or self.value(src, inner, valid)
         if self.reduce_lanes: self.lines.append(f"{sums[acc]} = {sums[acc]} + {v};")
         elif n.op is Op.SUM: self.lines.append(f"{acc} = {int_alu(Op.ADD, n.dtype, (acc, v)) or f'{acc} + {v}'};")
         elif acc in self.vectors: self.lines.append(f"{acc} = fmax({acc},{self.as_vector(v)});")
@@ -348,6 +349,15 @@ class _Renderer:
                      for *_, acc in self.pending]
     return self.lines
 
+
+  def _product(self, src: Node, idx: tuple, valid: tuple) -> str | None:
+    """A float sum's term `a*b` as an expression, not a statement: the accumulation `acc + a*b` is then one C
+    expression, which OpenCL compilers contract to a fused multiply-add (FP_CONTRACT is on by default). None when the
+    term is not a float product computed here."""
+    if src.op is not Op.MUL or src.dtype.kind != "f" or id(src) in self.args: return None
+    a, b = (self.value(s, idx, valid) for s in src.src)
+    self.flops += self.trips * (self.width if self.is_vector(a) or self.is_vector(b) else 1)
+    return f"{a}*{b}"
 
   def _grouped_loop(self, n: Node, src: Node, axes: list, init: str) -> list[str]:
     """The reduce split across the work-group: work item `lid` takes elements lid, lid + group, ... of the reduce
@@ -493,7 +503,8 @@ def _lower_bound(r: _Renderer, shape: KernelShape) -> float:
   """At most the statements per output `shape`'s reduce loop will execute (r.loop_statements / tiles / group, once
   rendered). Each reduce step has one accumulation per pending request, and, when the reduce's source always emits a
   statement (a load or an arithmetic op), one per distinct index of that source: the loop's scope starts empty, and
-  requests whose indices differ off the reduce axes (or in validity) read distinct source values."""
+  requests whose indices differ off the reduce axes (or in validity) read distinct source values. A float product
+  summed is an expression in the accumulation (_Renderer._product), not a statement."""
   if not r.pending: return 0.0
   n = r.pending[0][0]
   src = n.src[0]
@@ -502,7 +513,8 @@ def _lower_bound(r: _Renderer, shape: KernelShape) -> float:
   if shape.group > 1: steps = -(-steps // shape.group)
   elif r.reduce_lanes: steps = steps // r.width if axes and src.shape[axes[-1]] % r.width == 0 else 0
   per_step = len(r.pending)
-  if id(src) in r.args or src.op not in (Op.CONST, Op.VIEW, Op.PAD, Op.CONTIGUOUS) and src.op not in REDUCE:
+  product = n.op is Op.SUM and src.op is Op.MUL and src.dtype.kind == "f" and id(src) not in r.args   # no statement
+  if id(src) in r.args or not product and src.op not in (Op.CONST, Op.VIEW, Op.PAD, Op.CONTIGUOUS) and src.op not in REDUCE:
     per_step += len({(tuple(i for ax, i in enumerate(idx) if ax not in axes), valid) for _, idx, valid, _ in r.pending})
   return per_step * steps / math.prod(shape.tiles.values(), start=1) / shape.group
 

@@ -2,9 +2,10 @@
 in blocks of runs that alternate between the two (so both see the same machine load), and the ratio of the medians.
 onnxruntime's idle threads do not spin (they would take the cores from an OpenCL driver that runs on the CPU).
 
-  edgeml-bench [model.onnx ...] [--runs 40] [--block 5] [--no-tune] [--fp16]
+  edgeml-bench [model.onnx ...] [--zoo] [--runs 40] [--block 5] [--no-tune] [--fp16]
 
-The models are the ones given, else every model in ../shared/models when that folder is beside the checkout, else the
+The models are the ones given (and with --zoo the standard backbones of edgeml/model_zoo.py: resnet18,
+mobilenet_v3_small, yolov8n), else every model in ../shared/models when that folder is beside the checkout, else the
 project's demo driving model (edgeml/demo_model.py). Each is compiled by edgeml-compile (with --tune unless --no-tune:
 kernel variants timed on this device, cached). Columns: the edgeml artifact's kernel count; edgeml's run() time and
 onnxruntime's, median / p90 in ms; their ratio (edgeml / onnxruntime, lower is better); edgeml's host time per run,
@@ -177,12 +178,13 @@ def main(argv=None):
   ap.add_argument("--block", type=int, default=5, help="runs per block before switching runtime (default 5)")
   ap.add_argument("--no-tune", action="store_true", help="compile without timing kernel variants")
   ap.add_argument("--fp16", action="store_true", help="compile with float16 weight storage")
+  ap.add_argument("--zoo", action="store_true", help="also edgeml/model_zoo.py's resnet18, mobilenet_v3_small, yolov8n")
   add_device_arguments(ap)
   args = ap.parse_args(argv)
   use_device(args.device)   # edgeml-compile, started from here, inherits the choice
   if args.runs < 1: ap.error("--runs must be at least 1")
   if args.block < 1: ap.error("--block must be at least 1")
-  models = [Path(m) for m in args.models] or sorted(SHARED_MODELS.glob("*.onnx"))
+  models = [Path(m) for m in args.models] or ([] if args.zoo else sorted(SHARED_MODELS.glob("*.onnx")))
   if missing := [str(m) for m in models if not m.is_file()]:
     raise SystemExit(f"edgeml-bench: no such model file: {missing[0]}")
   from compiled.device import DeviceError, default_device
@@ -191,6 +193,9 @@ def main(argv=None):
   with_tinygrad = importlib.util.find_spec("tinygrad") is not None
   rows = {}
   with tempfile.TemporaryDirectory() as tmp:
+    if args.zoo:
+      from edgeml import model_zoo
+      models += [Path(model_zoo.write(name, os.path.join(tmp, f"{name}.onnx"))) for name in model_zoo.ZOO]
     if not models:
       from edgeml.demo_model import build
       build(os.path.join(tmp, "demo_drive.onnx"))
