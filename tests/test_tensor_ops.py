@@ -354,3 +354,18 @@ def test_maximum_has_one_nan_rule(n):
   folded = Tensor(a).maximum(Tensor(b))
   realize([folded.node], host=True)
   np.testing.assert_array_equal(folded.numpy(), want)
+
+
+@pytest.mark.parametrize("n", [8 * 2501, 2501])   # float8 lanes, and scalars
+def test_exp_over_its_whole_range(n):
+  """exp against numpy: within OpenCL's 3 ulp wherever the result is a normal float, denormal results within a few
+  units of the smallest denormal, overflow to inf, and inf, -inf, NaN as numpy."""
+  special = [0.0, -0.0, np.inf, -np.inf, np.nan, 88.72, 88.73, 89.5, -87.33, -87.34, -103.9, -104.0, -110.0, 1e-8, -1e-8]
+  x = np.concatenate([special, np.linspace(-110, 95, n - 2 * len(special)),
+                      np.random.default_rng(0).standard_normal(len(special)) * 20]).astype(np.float32)
+  with np.errstate(over="ignore"): want = np.exp(x.astype(np.float64)).astype(np.float32)
+  got = Tensor(x).exp().numpy()
+  normal = np.isfinite(want) & (want >= np.finfo(np.float32).tiny)
+  np.testing.assert_allclose(got[normal], want[normal], rtol=3 * np.finfo(np.float32).eps, atol=0)
+  np.testing.assert_allclose(got[~normal & np.isfinite(want)], want[~normal & np.isfinite(want)], rtol=0, atol=1e-44)
+  np.testing.assert_array_equal(got[~np.isfinite(want)], want[~np.isfinite(want)])   # inf and NaN where numpy's are
