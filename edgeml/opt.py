@@ -98,13 +98,17 @@ def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
 
 
 def channel_lane_shapes(item: ScheduleItem) -> list[KernelShape]:
-  """8 lanes on an axis other than the lane axis, times a tile of up to 8 along the lane axis (CPU-like devices)."""
+  """8 lanes on an axis other than the lane axis, times a tile of up to 8 outputs along the lane axis, or of 2 rows
+  (the axis before it) by up to 5 (at most 10 vector accumulators; CPU-like devices)."""
   shape, lane_axis = item.out.shape, lane_axis_of(item.out.shape)
+  row = lane_axis - 1
   out = []
   for a, s in enumerate(shape):
     if a == lane_axis or s % 8: continue
-    for t in [t for t in (8, 5, 4, 3, 2) if shape[lane_axis] % t == 0][:2] + [1]:
-      if item.out.size // (8 * t) >= 8: out.append(KernelShape({a: 8, lane_axis: t} if t > 1 else {a: 8}, 8, lane_axis=a))
+    cols = [t for t in (8, 5, 4, 3, 2) if shape[lane_axis] % t == 0]
+    tilings = [{lane_axis: t} for t in cols[:2]] + [{}]
+    if row > a and shape[row] % 2 == 0: tilings += [{row: 2, lane_axis: t} for t in cols if t <= 5][:2]
+    out += [KernelShape({a: 8, **t}, 8, lane_axis=a) for t in tilings if item.out.size // (8 * math.prod(t.values(), start=1)) >= 8]
   return out
 
 

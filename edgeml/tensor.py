@@ -559,6 +559,7 @@ class Tensor:
     pads = _conv_pads(padding, nd)
     x = self.pad([(0, 0), (0, 0)] + pads)
     n, cg, cog = x.shape[0], cin // groups, cout // groups
+    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS: x = x.contiguous()
     win = x._windows(kernel, stride, dilation)                         # (N, Cin, *O, *K)
     outs = win.shape[2:2 + nd]
     win = win.reshape(n, groups, 1, cg, *outs, *kernel)
@@ -700,6 +701,10 @@ def _conv_pads(padding, nd: int) -> list:
   raise ValueError(f"padding {padding} does not fit {nd} spatial dims")
 
 
+# A conv whose input element feeds at least this many multiply-adds (output channels per group x kernel taps) reads
+# its padded input from a copy: no border conditions on the kernel's reads (about 1.3-1.5x faster 3x3 convs on PoCL),
+# for one more pass over the input. Depthwise convs (9 taps) would spend more on the copy than they save.
+PREPAD_MIN_TAPS = 64
 CHANNEL_BLOCK = 8   # output channels per block of stored conv weights (the vector lanes of edgeml/opt.py)
 
 

@@ -19,6 +19,14 @@ def run_count(t: Tensor) -> int:
   return len(stats)
 
 
+def input_kernels(out: Tensor, x: Tensor) -> int:
+  """Kernels of out's schedule that depend on x (the others read only weights: compiling folds them)."""
+  dynamic = {id(x.node)}
+  for it in schedule([out.node]):
+    if any(id(n) in dynamic for n in it.loads): dynamic.add(id(it.out))
+  return len(dynamic) - 1
+
+
 def test_linear_bias_relu_is_one_kernel():
   x, w, b = Tensor(rng(4, 16)), Tensor(rng(16, 8, seed=1)), Tensor(rng(8, seed=2))
   out = (x @ w + b).relu()
@@ -71,12 +79,29 @@ def test_squeeze_excite_is_four_kernels():
   """global mean -> 1x1 conv -> relu -> 1x1 conv -> sigmoid -> scale: a reduce over size-1 axes (the 1x1 kernel on a
   1x1 map) is a reshape, not a kernel, and 96 outputs of a long mean are one kernel (no split)."""
   x, w1, b1, w2, b2 = rng(1, 96, 16, 24), rng(24, 96, 1, 1, seed=1), rng(24, seed=2), rng(96, 24, 1, 1, seed=3), rng(96, seed=4)
-  s = Tensor(x).mean((2, 3), keepdim=True).conv2d(Tensor(w1), Tensor(b1)).relu().conv2d(Tensor(w2), Tensor(b2)).sigmoid()
-  out = Tensor(x) * s
-  assert len(schedule([out.node])) == 4
+  xt = Tensor(x)
+  s = xt.mean((2, 3), keepdim=True).conv2d(Tensor(w1), Tensor(b1)).relu().conv2d(Tensor(w2), Tensor(b2)).sigmoid()
+  out = xt * s
+  assert input_kernels(out, xt) == 4
   h = np.maximum(np.einsum("oc,c->o", w1[:, :, 0, 0], x.astype(np.float64).mean((0, 2, 3))) + b1, 0)
   want = x / (1 + np.exp(-(np.einsum("oc,c->o", w2[:, :, 0, 0], h) + b2))).reshape(1, 96, 1, 1)
   np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_with_many_taps_reads_a_padded_copy():
+  """A 3x3 conv with 16 output channels: a padding kernel, then the conv (no border conditions), whose constant
+  weights are re-laid in blocks of 8 output channels by a kernel that depends on no input."""
+  from compiled.targets import TARGETS
+  from edgeml.codegen import render
+  xs, w, b = rng(1, 3, 8, 8), rng(16, 3, 3, 3, seed=1), rng(16, seed=2)
+  x = Tensor(xs)
+  out = x.conv2d(Tensor(w), Tensor(b), padding=1).relu()
+  items = schedule([out.node])
+  assert input_kernels(out, x) == 2 and len(items) == 3
+  assert ">=0" not in render(items[-1], target=TARGETS["pocl"]).source   # no border conditions in the conv
+  xp = np.pad(xs.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+  want = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + 8, j:j + 8], w[:, :, i, j]) for i in range(3) for j in range(3))
+  np.testing.assert_allclose(out.numpy(), np.maximum(want + b.reshape(1, 16, 1, 1), 0), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.bool_, np.int32])

@@ -45,14 +45,14 @@ def test_big_conv_on_a_gpu_keeps_enough_work_items():
 
 
 def test_stride2_stem_conv_on_pocl_puts_output_channels_in_lanes():
-  """Output channels in vector lanes (conv2d stores the weights in blocks of 8 channels: one vload8 per tap) and
-  8 output columns per work item: each input read is shared by 8 channels, no stride-2 lane shuffles; the kernel
-  still computes the convolution."""
+  """Output channels in vector lanes (conv2d stores the weights in blocks of 8 channels: one vload8 per tap) and a
+  tile of output positions per work item: each input read is shared by 8 channels, no stride-2 lane shuffles; the
+  kernel still computes the convolution."""
   x = rng.standard_normal((1, 12, 16, 32)).astype(np.float32)
   w = rng.standard_normal((24, 12, 3, 3)).astype(np.float32)
   t = Tensor(x).conv2d(Tensor(w), stride=2, padding=1)
   item = last_item(t)
-  assert render(item, target=TARGETS["pocl"]).source == render_shape(item, KernelShape({1: 8, 3: 8}, 8, lane_axis=1)).source
+  assert render(item, target=TARGETS["pocl"]).source in [render_shape(item, s).source for s in channel_lane_shapes(item)]
   xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
   want = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + 15:2, j:j + 31:2], w[:, :, i, j]) for i in range(3) for j in range(3))
   np.testing.assert_allclose(t.numpy(), want, rtol=1e-4, atol=1e-4)
