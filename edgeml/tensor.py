@@ -538,9 +538,10 @@ class Tensor:
     out = self.matmul(weight.T)
     return out + bias if bias is not None else out
 
-  def _windows(self, kernel, stride, dilation) -> Tensor:
-    """(N, C, *spatial) -> (N, C, *out_spatial, *kernel): a strided view, no copy."""
-    spatial = self.shape[2:]
+  def _windows(self, kernel, stride, dilation, spatial=None) -> Tensor:
+    """(N, C, *spatial) -> (N, C, *out_spatial, *kernel): a strided view, no copy. `spatial`: the extent the windows
+    cover (default the whole tensor; columns beyond it on the last axis are row padding, never read)."""
+    spatial = spatial or self.shape[2:]
     outs = [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(spatial, kernel, stride, dilation)]
     if any(o <= 0 for o in outs):
       raise ValueError(f"window {tuple(kernel)} (dilation {tuple(dilation)}) does not fit input {self.shape}")
@@ -558,9 +559,10 @@ class Tensor:
     stride, dilation = _tuple(stride, nd), _tuple(dilation, nd)
     pads = _conv_pads(padding, nd)
     x = self.pad([(0, 0), (0, 0)] + pads)
-    n, cg, cog = x.shape[0], cin // groups, cout // groups
-    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS: x = x.contiguous()
-    win = x._windows(kernel, stride, dilation)                         # (N, Cin, *O, *K)
+    n, cg, cog, spatial = x.shape[0], cin // groups, cout // groups, x.shape[2:]
+    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS:   # rows padded to a multiple of 8: vector copy
+      x = self.pad([(0, 0), (0, 0)] + pads[:-1] + [(pads[-1][0], pads[-1][1] - spatial[-1] % -8)]).contiguous()
+    win = x._windows(kernel, stride, dilation, spatial)                # (N, Cin, *O, *K)
     outs = win.shape[2:2 + nd]
     win = win.reshape(n, groups, 1, cg, *outs, *kernel)
     # move Cg next to the kernel axes: (N, G, 1, *O, Cg, *K)
@@ -702,8 +704,8 @@ def _conv_pads(padding, nd: int) -> list:
 
 
 # A conv whose input element feeds at least this many multiply-adds (output channels per group x kernel taps) reads
-# its padded input from a copy: no border conditions on the kernel's reads (about 1.3-1.5x faster 3x3 convs on PoCL),
-# for one more pass over the input. Depthwise convs (9 taps) would spend more on the copy than they save.
+# its padded input from a copy, rows padded to a multiple of 8 elements (so the copy runs in vector lanes): no border
+# conditions on the kernel's reads (about 1.3-1.5x faster 3x3 convs on PoCL), for one more pass over the input. Depthwise convs (9 taps) would spend more on the copy than they save.
 PREPAD_MIN_TAPS = 64
 CHANNEL_BLOCK = 8   # output channels per block of stored conv weights (the vector lanes of edgeml/opt.py)
 
