@@ -105,7 +105,7 @@ def channel_lane_shapes(item: ScheduleItem) -> list[KernelShape]:
   out = []
   for a, s in enumerate(shape):
     if a == lane_axis or s % 8: continue
-    cols = [t for t in (8, 5, 4, 3, 2) if shape[lane_axis] % t == 0]
+    cols = [t for t in range(8, 1, -1) if shape[lane_axis] % t == 0]
     tilings = [{lane_axis: t} for t in cols[:2]] + [{}]
     if row > a and shape[row] % 2 == 0: tilings += [{row: 2, lane_axis: t} for t in cols if t <= 5][:2]
     out += [KernelShape({a: 8, **t}, 8, lane_axis=a) for t in tilings if item.out.size // (8 * math.prod(t.values(), start=1)) >= 8]

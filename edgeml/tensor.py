@@ -705,7 +705,8 @@ def _conv_pads(padding, nd: int) -> list:
 
 # A conv whose input element feeds at least this many multiply-adds (output channels per group x kernel taps) reads
 # its padded input from a copy, rows padded to a multiple of 8 elements (so the copy runs in vector lanes): no border
-# conditions on the kernel's reads (about 1.3-1.5x faster 3x3 convs on PoCL), for one more pass over the input. Depthwise convs (9 taps) would spend more on the copy than they save.
+# conditions on the kernel's reads (about 1.3-1.5x faster 3x3 convs on PoCL), for one more pass over the input.
+# Depthwise convs (9 taps) would spend more on the copy than they save.
 PREPAD_MIN_TAPS = 64
 CHANNEL_BLOCK = 8   # output channels per block of stored conv weights (the vector lanes of edgeml/opt.py)
 
