@@ -126,6 +126,7 @@ def literal(value, dtype: np.dtype) -> str:
 
 
 MAX_UNROLL = 16   # reduce iterations unrolled at most (3x3 windows yes, long channel loops no)
+MAX_SEGMENTS = 8  # reduce loops split at concatenation boundaries into at most this many loops
 
 
 class NotVectorizable(Exception):
@@ -184,6 +185,8 @@ class _Renderer:
     if n.op in REDUCE: return self._reduce(n, idx, valid)
     if n.op is Op.CONTIGUOUS: return self.value(n.src[0], idx, valid)
     srcs = [self.value(s, idx, valid) for s in n.src]
+    zero = literal(0, n.dtype) if n.dtype.kind != "b" else None
+    if n.op is Op.ADD and zero in srcs: return srcs[srcs[0] == zero]   # x + 0: a concatenation's part outside its range
     if any(self.is_vector(v) for v in srcs):
       self.flops += self.trips * self.width
       return self._vector_alu(n, srcs)
@@ -302,10 +305,11 @@ class _Renderer:
 
   def reduce_loop(self) -> list[str]:
     """One loop nest over the fused reduce's axes, accumulating every pending request. Short axes (a 3x3 window)
-    are unrolled, so values shared between neighbouring outputs and taps are loaded once."""
+    are unrolled, so values shared between neighbouring outputs and taps are loaded once; the outermost loop is split
+    where a concatenation along it changes part (_segments)."""
     if not self.pending: return []
     n = self.pending[0][0]
-    src, lines, loops = n.src[0], [], {}
+    src, lines = n.src[0], []
     init = literal(0, n.dtype) if n.op is Op.SUM else min_literal(n.dtype)
     axes = [ax for ax in n.arg if src.shape[ax] > 1]
     if self.group > 1: return self._grouped_loop(n, src, axes, init)
@@ -321,34 +325,52 @@ class _Renderer:
     unrolled = []
     for ax in reversed(axes[:-1] if self.reduce_lanes else axes):
       if src.shape[ax] <= MAX_UNROLL and math.prod(src.shape[a] for a in unrolled) * src.shape[ax] <= MAX_UNROLL: unrolled.append(ax)
-    trips = 1
-    for ax in axes:
-      if ax in unrolled: continue
-      steps = src.shape[ax] // self.width if self.reduce_lanes and ax == axes[-1] else src.shape[ax]
-      loops[ax] = Lin.of(Var(f"r{ax}", 0, steps - 1))
-      lines.append(f"for (int r{ax} = 0; r{ax} < {steps}; r{ax}++) {{")
-      trips *= steps
-    if self.reduce_lanes: loops[axes[-1]] = loops[axes[-1]] * self.width + Lin.of(self.lane)
-    self.lines, self.scopes, self.trips = lines, [{}], trips
-    header, extra = len(lines), self.extra
-    for values in itertools.product(*(range(src.shape[ax]) for ax in unrolled)):
-      fixed = {**loops, **{ax: Lin.of(v) for ax, v in zip(unrolled, values)}}
-      for _, idx, valid, acc in self.pending:
-        inner = tuple(fixed.get(ax, i) for ax, i in enumerate(idx))
-        v = self._product(src, inner, valid) if n.op is Op.SUM else None
-        v = v or self.value(src, inner, valid)
-        if self.reduce_lanes: self.lines.append(f"{sums[acc]} = {sums[acc]} + {v};")
-        elif n.op is Op.SUM: self.lines.append(f"{acc} = {int_alu(Op.ADD, n.dtype, (acc, v)) or f'{acc} + {v}'};")
-        elif acc in self.vectors: self.lines.append(f"{acc} = fmax({acc},{self.as_vector(v)});")
-        else: self.lines.append(f"{acc} = ({v}>{acc}?{v}:{acc});")
-        self.flops += self.trips * (self.width if acc in self.vectors or self.reduce_lanes else 1)
-    self.loop_statements = (len(self.lines) - header + self.extra - extra) * self.trips
-    self.lines += ["}"] * len(loops)
+    looped = [ax for ax in axes if ax not in unrolled]
+    split = next((ax for ax in looped if not (self.reduce_lanes and ax == axes[-1])), None)
+    self.lines, self.loop_statements = lines, 0
+    for lo, hi in self._segments(src.shape[split]) if split is not None else [(0, 0)]:
+      loops, trips = {}, 1
+      for ax in looped:
+        steps = src.shape[ax] // self.width if self.reduce_lanes and ax == axes[-1] else src.shape[ax]
+        first, last = (lo, hi) if ax == split else (0, steps - 1)
+        loops[ax] = Lin.of(Var(f"r{ax}", first, last))
+        self.lines.append(f"for (int r{ax} = {first}; r{ax} < {last + 1}; r{ax}++) {{")
+        trips *= last - first + 1
+      if self.reduce_lanes: loops[axes[-1]] = loops[axes[-1]] * self.width + Lin.of(self.lane)
+      self.scopes, self.trips = [{}], trips
+      header, extra = len(self.lines), self.extra
+      for values in itertools.product(*(range(src.shape[ax]) for ax in unrolled)):
+        fixed = {**loops, **{ax: Lin.of(v) for ax, v in zip(unrolled, values)}}
+        for _, idx, valid, acc in self.pending:
+          inner = tuple(fixed.get(ax, i) for ax, i in enumerate(idx))
+          v = self._product(src, inner, valid) if n.op is Op.SUM else None
+          v = v or self.value(src, inner, valid)
+          if self.reduce_lanes: self.lines.append(f"{sums[acc]} = {sums[acc]} + {v};")
+          elif n.op is Op.SUM: self.lines.append(f"{acc} = {int_alu(Op.ADD, n.dtype, (acc, v)) or f'{acc} + {v}'};")
+          elif acc in self.vectors: self.lines.append(f"{acc} = fmax({acc},{self.as_vector(v)});")
+          else: self.lines.append(f"{acc} = ({v}>{acc}?{v}:{acc});")
+          self.flops += self.trips * (self.width if acc in self.vectors or self.reduce_lanes else 1)
+      self.loop_statements += (len(self.lines) - header + self.extra - extra) * self.trips
+      self.lines += ["}"] * len(loops)
     if self.reduce_lanes:
       self.lines += [f"float {acc} = " + "+".join(f"{sums[acc]}.s{i:x}" for i in range(self.width)) + ";"
                      for *_, acc in self.pending]
     return self.lines
 
+
+  def _segments(self, size: int) -> list[tuple[int, int]]:
+    """Ranges [first, last] that split a reduce loop of `size` steps where a concatenation along it changes part
+    (a PAD of the kernel's, padding an axis of that length, begins or ends): in each range the validity conditions of
+    the parts are known from the loop variable's bounds, so the renderer drops them (one part read, no per-step
+    conditions). One range when there is nothing to split, or more than MAX_SEGMENTS ranges."""
+    cuts = {0, size}
+    for p in kernel_nodes(self.item):
+      if p.op is not Op.PAD: continue
+      for (before, _), out, inner in zip(p.arg, p.shape, p.src[0].shape):
+        if out == size and inner != size: cuts |= {c for c in (before, before + inner) if 0 < c < size}
+    cuts = sorted(cuts)
+    if len(cuts) - 1 > MAX_SEGMENTS: return [(0, size - 1)]
+    return [(a, b - 1) for a, b in zip(cuts, cuts[1:])]
 
   def _product(self, src: Node, idx: tuple, valid: tuple) -> str | None:
     """A float sum's term `a*b` as an expression, not a statement: the accumulation `acc + a*b` is then one C

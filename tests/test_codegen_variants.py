@@ -1,6 +1,6 @@
-"""Every shape edgeml/opt.py proposes for a kernel (tilings, vector lanes on outputs or on the reduce axis, stride-2
-lanes; the CPU shapes and the GPU ones: flat launches, grouped reduces) must compute the same numbers: the tuner may
-pick any of them. Each is rendered and run on the device against numpy."""
+"""Every shape edgeml/opt.py proposes for a kernel (tilings, vector lanes on outputs, output channels or the reduce
+axis, stride-2 lanes; the CPU shapes and the GPU ones: flat launches, grouped reduces) must compute the same numbers:
+the tuner may pick any of them. Each is rendered and run on the device against numpy."""
 import numpy as np
 import pyopencl as cl
 import pytest
@@ -33,6 +33,8 @@ X = rng.standard_normal((1, 4, 32, 48)).astype(np.float32)
 W3 = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
 A, B, V, WT = (rng.standard_normal(s).astype(np.float32) for s in [(16, 64), (64, 24), (1, 64), (96, 64)])
 XS = rng.standard_normal((1, 4, 12, 16)).astype(np.float32)
+XC = rng.standard_normal((1, 11, 32, 48)).astype(np.float32)
+W11 = rng.standard_normal((16, 19, 1, 1)).astype(np.float32)
 CASES = {
   "conv3x3_pad1_small": (lambda: Tensor(XS).conv2d(Tensor(W3), padding=1), lambda: conv_ref(XS, W3, 1, 1)),
   "pad_copy": (lambda: Tensor(X).pad([(0, 0), (0, 0), (1, 1), (2, 2)]).exp(),
@@ -42,6 +44,8 @@ CASES = {
   "matmul_silu": (lambda: (Tensor(A) @ Tensor(B)).silu(), lambda: (A @ B) / (1 + np.exp(-(A @ B)))),
   "matvec": (lambda: Tensor(V).linear(Tensor(WT)), lambda: V @ WT.T),
   "maxpool": (lambda: Tensor(X).max_pool2d(2), lambda: X.reshape(1, 4, 16, 2, 24, 2).max((3, 5))),
+  "conv1x1_of_concat": (lambda: Tensor(X).cat(Tensor(X).exp(), Tensor(XC), axis=1).conv2d(Tensor(W11)),
+                        lambda: np.einsum("nchw,oc->nohw", np.concatenate([X, np.exp(X), XC], 1), W11[:, :, 0, 0])),
 }
 
 

@@ -112,3 +112,18 @@ def test_every_shape_of_a_conv_computes_it(cin_g, cout_g, groups, depthwise, h, 
   if reduce_length(item): kernels.append(render_shape(item, KernelShape(group=4, local=4)))
   for kernel in kernels:
     np.testing.assert_allclose(run(kernel).reshape(want.shape), want, rtol=1e-4, atol=1e-4, err_msg=kernel.source[:200])
+
+
+def test_a_reduce_over_a_concatenation_loops_over_each_part():
+  """A 1x1 conv over channels concatenated from three tensors (8, 8 and 5 channels): the channel loop is split at the
+  parts' boundaries, and no loop reads a part under a per-step condition."""
+  x = rng.standard_normal((1, 8, 6, 8)).astype(np.float32)
+  w = rng.standard_normal((16, 21, 1, 1)).astype(np.float32)
+  t = Tensor(x).cat(Tensor(x) * 2, Tensor(x[:, :5]), axis=1).conv2d(Tensor(w))
+  item = last_item(t)
+  source = render(item, target=TARGETS["pocl"]).source
+  loops = [line for line in source.splitlines() if line.strip().startswith("for (")]
+  assert [loop.split(";")[0].split("=")[1].strip() for loop in loops] == ["0", "8", "16"], loops
+  assert "?" not in source.split("for (")[1].split("}")[0]   # no condition in the first part's loop
+  want = np.einsum("nchw,oc->nohw", np.concatenate([x, 2 * x, x[:, :5]], 1).astype(np.float64), w[:, :, 0, 0])
+  np.testing.assert_allclose(t.numpy(), want, rtol=1e-4, atol=1e-4)
