@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from compiled.targets import TARGETS, Target
 from edgeml.ops import Op, REDUCE
 from edgeml.lazy import Node, contiguous_strides
-from edgeml.opt import KernelShape, candidates, kernel_nodes, lane_axis_of, pick_local_size
+from edgeml.opt import KernelShape, candidates, kernel_nodes, lane_axis_of, pick_local_size, reduce_length
 from edgeml.schedule import ScheduleItem
 from edgeml.symbolic import Lin, Var
 
@@ -359,18 +359,11 @@ class _Renderer:
 
 
   def _segments(self, size: int) -> list[tuple[int, int]]:
-    """Ranges [first, last] that split a reduce loop of `size` steps where a concatenation along it changes part
-    (a PAD of the kernel's, padding an axis of that length, begins or ends): in each range the validity conditions of
-    the parts are known from the loop variable's bounds, so the renderer drops them (one part read, no per-step
-    conditions). One range when there is nothing to split, or more than MAX_SEGMENTS ranges."""
-    cuts = {0, size}
-    for p in kernel_nodes(self.item):
-      if p.op is not Op.PAD: continue
-      for (before, _), out, inner in zip(p.arg, p.shape, p.src[0].shape):
-        if out == size and inner != size: cuts |= {c for c in (before, before + inner) if 0 < c < size}
-    cuts = sorted(cuts)
-    if len(cuts) - 1 > MAX_SEGMENTS: return [(0, size - 1)]
-    return [(a, b - 1) for a, b in zip(cuts, cuts[1:])]
+    """Ranges [first, last] that split a reduce loop of `size` steps at `concat_cuts`: in each range the validity
+    conditions of the parts are known from the loop variable's bounds, so the renderer drops them (one part read, no
+    per-step conditions)."""
+    edges = [0] + concat_cuts(self.item, size) + [size]
+    return [(a, b - 1) for a, b in zip(edges, edges[1:])]
 
   def _product(self, src: Node, idx: tuple, valid: tuple) -> str | None:
     """A float sum's term `a*b` as an expression, not a statement: the accumulation `acc + a*b` is then one C
@@ -410,6 +403,18 @@ class _Renderer:
                      f"if (lid < s) {acc}_part[lid] = {combine(f'{acc}_part[lid]', f'{acc}_part[lid + s]')};",
                      "barrier(CLK_LOCAL_MEM_FENCE);", "}", f"{acc} = {acc}_part[0];"]
     return self.lines
+
+
+def concat_cuts(item: ScheduleItem, size: int) -> list[int]:
+  """Where a concatenation along an axis of length `size` changes part: the sorted points strictly inside (0, size)
+  at which a PAD of the kernel's, padding an axis of that length, begins or ends ([] when there are more than
+  MAX_SEGMENTS - 1: splitting there would multiply the code)."""
+  cuts = set()
+  for p in kernel_nodes(item):
+    if p.op is not Op.PAD: continue
+    for (before, _), out, inner in zip(p.arg, p.shape, p.src[0].shape):
+      if out == size and inner != size: cuts |= {c for c in (before, before + inner) if 0 < c < size}
+  return sorted(cuts) if len(cuts) < MAX_SEGMENTS else []
 
 
 def uses_long_helpers(source: str) -> bool:
@@ -551,39 +556,78 @@ def _render(item: ScheduleItem, shape: KernelShape, name: str, images: dict | No
 
 
 def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
-  """Everything of `shape`'s kernel but the reduce loop: (renderer, launch grid, lines after the loop, stores)."""
+  """Everything of `shape`'s kernel but the reduce loop: (renderer, launch grid, lines after the loop, stores). An
+  elementwise kernel over a concatenation along its innermost launch axis gets one branch per part (`concat_cuts`),
+  in which the bounds of gx drop the other parts' conditions."""
   out, tiles, width, reduce_lanes = item.out, shape.tiles, shape.width, shape.reduce_lanes
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
   r = _Renderer(item, width, reduce_lanes, images, shape.group)
+  lane_axis = shape.lanes_on(out.shape)
+  segments = [None]
   if shape.flat or shape.group > 1:   # one launch dimension over the whole grid
     nx, ny = max(math.prod(grid), 1), 1
-    gx = Lin.of(Var("gx", 0, nx - 1))
-    base = [Lin() if s == 1 else (gx // st) % s for s, st in zip(grid, contiguous_strides(grid))]
+    base = lambda gx: [Lin() if s == 1 else (gx // st) % s for s, st in zip(grid, contiguous_strides(grid))]
   else:   # the innermost axis on the first launch dimension, every other axis on the second
     inner = lane_axis_of(grid)
     nx, ny = (grid[inner] if grid else 1), max(math.prod(grid), 1) // (grid[inner] if grid else 1)
-    gx, gy = Lin.of(Var("gx", 0, nx - 1)), Lin.of(Var("gy", 0, ny - 1))
+    gy = Lin.of(Var("gy", 0, ny - 1))
     outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
-    base = [gx if a == inner else Lin() if s == 1 else (gy // st) % s
-            for a, (s, st) in enumerate(zip(outer, contiguous_strides(outer)))]
-  lane_axis = shape.lanes_on(out.shape)
+    base = lambda gx: [gx if a == inner else Lin() if s == 1 else (gy // st) % s
+                       for a, (s, st) in enumerate(zip(outer, contiguous_strides(outer)))]
+    per_item = out.shape[inner] // nx if grid else 1   # outputs per work item along the innermost axis
+    cuts = concat_cuts(item, out.shape[inner]) if grid and not reduce_length(item) else []
+    if cuts and all(c % per_item == 0 for c in cuts):
+      edges = [0] + [c // per_item for c in cuts] + [nx]
+      segments = list(zip(edges, [e - 1 for e in edges[1:]]))
   scalar_tiles = {a: t for a, t in tiles.items() if width == 1 or reduce_lanes or a != lane_axis}
-  if width > 1 and not reduce_lanes: base[lane_axis] = base[lane_axis] * width + Lin.of(r.lane)
-  stores = []
+  lanes = width > 1 and not reduce_lanes
+  if lanes and out.dtype != np.float32: raise NotVectorizable("non-float32 output")
+
+  def indices(gx: Lin) -> list[list]:
+    """The output index of each store of a work item."""
+    at = base(gx)
+    if lanes: at[lane_axis] = at[lane_axis] * width + Lin.of(r.lane)
+    return _tile_indices(at, scalar_tiles)
+
+  def stores(gx: Lin, values: list[str]) -> list[str]:
+    out_lines = []
+    for idx, v in zip(indices(gx), values):
+      where = Lin.combine(zip(idx, contiguous_strides(out.shape)))
+      if lanes:
+        step, rest = where.split_var(r.lane)
+        if step == 1: out_lines.append(f"vstore{width}({r.as_vector(v)},0,data0+{rest.render()});")
+        else: out_lines += [f"data0[{(rest + step * k).render()}] = {r.as_vector(v)}.s{k:x};" for k in range(width)]
+      elif out.dtype.type is np.float16: out_lines.append(f"vstore_half({v},{where.render()},data0);")
+      else: out_lines.append(f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
+    return out_lines
+
+  whole = Lin.of(Var("gx", 0, nx - 1))
+  if segments == [None]:
+    lines = stores(whole, [r.value(out, tuple(idx), ()) for idx in indices(whole)])
+    if shape.group > 1: lines = ["if (lid == 0) {"] + lines + ["}"]   # every work item reached the barriers
+    return r, (nx, ny), r.lines, lines
+  # one branch per part computes each output value into o0, o1, ...; the stores follow, for every work item alike
+  kind = f"float{width}" if lanes else r.compute_type(out.dtype)
+  names = [f"o{k}" for k in range(len(indices(whole)))]
+  if lanes: r.vectors.update(names)
+  lines = [f"{kind} {name};" for name in names]
+  for i, (first, last) in enumerate(segments):
+    r.lines, r.scopes = [], [{}]
+    values = [r.value(out, tuple(idx), ()) for idx in indices(Lin.of(Var("gx", first, last)))]
+    opening = "if" if i == 0 else "} else if" if i < len(segments) - 1 else "} else {"
+    lines += [f"{opening} (gx < {last + 1}) {{" if i < len(segments) - 1 else opening] + r.lines
+    lines += [f"{name} = {r.as_vector(v) if lanes else v};" for name, v in zip(names, values)]
+  return r, (nx, ny), [], lines + ["}"] + stores(whole, names)
+
+
+def _tile_indices(at: list, scalar_tiles: dict) -> list[list]:
+  """The output index of each output of a work item's register tile, from the index of its first output."""
+  out = []
   for offsets in itertools.product(*(range(t) for t in scalar_tiles.values())):
-    idx = list(base)
-    for (a, t), o in zip(scalar_tiles.items(), offsets): idx[a] = base[a] * t + o
-    v = r.value(out, tuple(idx), ())
-    where = Lin.combine(zip(idx, contiguous_strides(out.shape)))
-    if width > 1 and not reduce_lanes:
-      if out.dtype != np.float32: raise NotVectorizable("non-float32 output")
-      step, rest = where.split_var(r.lane)
-      if step == 1: stores.append(f"vstore{width}({r.as_vector(v)},0,data0+{rest.render()});")
-      else: stores += [f"data0[{(rest + step * k).render()}] = {r.as_vector(v)}.s{k:x};" for k in range(width)]
-    elif out.dtype.type is np.float16: stores.append(f"vstore_half({v},{where.render()},data0);")
-    else: stores.append(f"data0[{where.render()}] = ({ctype(out.dtype)})({v});")
-  if shape.group > 1: stores = ["if (lid == 0) {"] + stores + ["}"]   # every work item reached the barriers
-  return r, (nx, ny), r.lines, stores
+    idx = list(at)
+    for (a, t), o in zip(scalar_tiles.items(), offsets): idx[a] = at[a] * t + o
+    out.append(idx)
+  return out
 
 
 def _finish(item: ScheduleItem, shape: KernelShape, name: str, begun) -> tuple[_Renderer, Kernel]:

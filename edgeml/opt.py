@@ -80,8 +80,10 @@ def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
   most 32 scalar outputs or 64 vector lanes per work item; at least 8 work items."""
   shape = item.out.shape
   lane_axis = lane_axis_of(shape)
-  if not reduce_length(item):   # elementwise: lanes only
-    return [KernelShape({lane_axis: w}, w) for w in (8, 4) if shape and shape[lane_axis] % w == 0][:1] + [KernelShape()]
+  if not reduce_length(item):   # elementwise: lanes only; one flat launch where a 2-d one has tiny work-groups
+    lx, ly = pick_local_size(shape[lane_axis], item.out.size // shape[lane_axis]) if shape else (1, 1)
+    plain = KernelShape(flat=True, local=64) if lx * ly < 16 and item.out.size >= 1024 else KernelShape()
+    return [KernelShape({lane_axis: w}, w) for w in (8, 4) if shape and shape[lane_axis] % w == 0][:1] + [plain]
   singles = []
   for a, s in enumerate(shape):
     divisors = [t for t in (8, 4, 5, 3, 2) if s % t == 0 and s > 1]

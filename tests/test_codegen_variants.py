@@ -44,6 +44,8 @@ CASES = {
   "matmul_silu": (lambda: (Tensor(A) @ Tensor(B)).silu(), lambda: (A @ B) / (1 + np.exp(-(A @ B)))),
   "matvec": (lambda: Tensor(V).linear(Tensor(WT)), lambda: V @ WT.T),
   "maxpool": (lambda: Tensor(X).max_pool2d(2), lambda: X.reshape(1, 4, 16, 2, 24, 2).max((3, 5))),
+  "concat_last_axis": (lambda: Tensor(A).cat(Tensor(A[:, :8]).exp(), Tensor(A[:, 8:16]) * 2, axis=1).relu(),
+                       lambda: np.maximum(np.concatenate([A, np.exp(A[:, :8]), A[:, 8:16] * 2], 1), 0)),
   "conv1x1_of_concat": (lambda: Tensor(X).cat(Tensor(X).exp(), Tensor(XC), axis=1).conv2d(Tensor(W11)),
                         lambda: np.einsum("nchw,oc->nohw", np.concatenate([X, np.exp(X), XC], 1), W11[:, :, 0, 0])),
 }

@@ -127,3 +127,17 @@ def test_a_reduce_over_a_concatenation_loops_over_each_part():
   assert "?" not in source.split("for (")[1].split("}")[0]   # no condition in the first part's loop
   want = np.einsum("nchw,oc->nohw", np.concatenate([x, 2 * x, x[:, :5]], 1).astype(np.float64), w[:, :, 0, 0])
   np.testing.assert_allclose(t.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_an_elementwise_concatenation_branches_per_part():
+  """Concatenating along the innermost axis (16 + 8 + 8 columns): one branch per part, on the work item's column,
+  with no per-element condition inside; in vector lanes too."""
+  a = rng.standard_normal((4, 16)).astype(np.float32)
+  t = Tensor(a).cat(Tensor(a[:, :8]).exp(), Tensor(a[:, 8:]) * 2, axis=1)
+  item = last_item(t)
+  for shape in cpu_shapes(item):
+    kernel = render_shape(item, shape)
+    per = 8 if shape.width == 8 else 1
+    assert f"if (gx < {16 // per}) {{" in kernel.source and f"}} else if (gx < {24 // per}) {{" in kernel.source
+    assert "?" not in kernel.source, kernel.source
+    np.testing.assert_allclose(run(kernel), np.concatenate([a, np.exp(a[:, :8]), 2 * a[:, 8:]], 1), rtol=1e-6)
