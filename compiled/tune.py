@@ -31,6 +31,22 @@ from compiled.variants import device_key, record
 RUNS = 5
 
 
+def fastest(queue, launches: list, rounds: int = RUNS) -> list[float]:
+  """Seconds of each launch's fastest run: (kernel, global size, local size) or None (cannot run: inf). Each runs once
+  first (the driver generates machine code then), then `rounds` rounds take turns over them, so a burst of load on a
+  shared machine slows one round of every launch rather than all runs of one."""
+  import pyopencl as cl
+  for launch in filter(None, launches): cl.enqueue_nd_range_kernel(queue, *launch).wait()
+  best = [float("inf")] * len(launches)
+  for _ in range(rounds):
+    for i, launch in enumerate(launches):
+      if launch is None: continue
+      event = cl.enqueue_nd_range_kernel(queue, *launch)
+      event.wait()
+      best[i] = min(best[i], (event.profile.end - event.profile.start) * 1e-9)
+  return best
+
+
 def _progress(total: int, quiet: bool):
   """A tqdm bar on a terminal when tqdm is installed, else None (plain lines are printed instead)."""
   if quiet: return None
@@ -55,19 +71,15 @@ def time_candidates(spec: ProgramSpec, device: Device, runs: int = RUNS, name: s
   program = device.build(spec.source + "\n" + "\n".join(renamed), spec.build_options)
   bar = _progress(len(tunable), quiet)
   for done, i in enumerate(tunable, 1):
-    k, times = spec.kernels[i], []
+    k, launches = spec.kernels[i], []
     for j, (g, l) in enumerate([(k.global_size, k.local_size)] + [(c.global_size, c.local_size) for c in k.candidates]):
       kernel = cl.Kernel(program, k.name if j == 0 else f"{k.name}__c{j}")
       group = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device.dev)
-      if l and int(np.prod(l)) > group: times.append(float("inf")); continue   # cannot launch here
+      if l and int(np.prod(l)) > group: launches.append(None); continue   # cannot launch here
       for a, (kind, value) in enumerate(k.args):
         kernel.set_arg(a, prog._buffers[value] if kind == "buffer" else SCALARS[kind](value))
-      best = float("inf")
-      for run in range(runs + 1):   # the first launch generates the machine code
-        event = cl.enqueue_nd_range_kernel(device.queue, kernel, g, l)
-        event.wait()
-        if run: best = min(best, (event.profile.end - event.profile.start) * 1e-9)
-      times.append(best)
+      launches.append((kernel, g, l))
+    times = fastest(device.queue, launches, runs)
     picks[i] = min(range(len(times)), key=times.__getitem__)
     line = f"{k.name}: " + ", ".join(f"{t * 1e6:.0f}" for t in times) + f" us -> candidate {picks[i]}"
     if bar is not None: bar.update(1); bar.set_postfix_str(line[-60:])
@@ -99,7 +111,7 @@ def main(argv=None) -> int:
   ap.add_argument("--device", metavar="NAME|INDEX", help="the OpenCL device: a name substring or an index "
                   "(default: EDGEML_DEVICE, else the first of the artifact's target)")
   ap.add_argument("--allow-target-mismatch", action="store_true", help="tune on a device of another target")
-  ap.add_argument("--runs", type=int, default=RUNS, help=f"timed launches per candidate (default {RUNS})")
+  ap.add_argument("--runs", type=int, default=RUNS, help=f"rounds of timed launches over the candidates (default {RUNS})")
   ap.add_argument("--sign", metavar="KEY", help="re-sign the tuned artifact with this Ed25519 private key (PEM); "
                   "a signed artifact is refused without it")
   ap.add_argument("--prebuild", action="store_true", help="time nothing: only leave the program binary beside the "

@@ -1,8 +1,8 @@
 """Compile-time search: time the rendered variants of a kernel on the device and keep the fastest.
 
 Only kernels doing real work are timed (the rest keep the code generator's first choice); each kernel's variants are
-built as one program, run once to trigger code generation, then timed from OpenCL events. Choices are cached on disk
-by device and sources, so compiling the same model again costs nothing extra.
+built as one program and timed from OpenCL events by compiled.tune.fastest (rounds taking turns over the variants).
+Choices are cached on disk by device and sources, so compiling the same model again costs nothing extra.
 """
 import hashlib
 import json
@@ -11,12 +11,13 @@ from dataclasses import replace
 import pyopencl as cl
 from compiled.atomic import write_atomic
 from compiled.device import Device, cache_dir, cache_writable
+from compiled.tune import fastest
 from edgeml.candidates import MIN_FLOPS
 from edgeml.codegen import Kernel, program_source
 from edgeml.host_eval import device_buffer
 
 TRIES = 6               # variants timed, in the code generator's order of preference
-RUNS = 3
+METHOD = "rounds"       # part of the cache key: choices timed another way are timed again
 
 
 class Tuner:
@@ -31,7 +32,7 @@ class Tuner:
   def __call__(self, kernels: list[Kernel]) -> int:
     if kernels[0].flops < MIN_FLOPS or kernels[0].uses_images: return 0   # image weights: not timed here
     kernels = kernels[:TRIES]
-    ident = [self.device.name, self.device.dev.driver_version, self.device.dev.platform.version]
+    ident = [METHOD, self.device.name, self.device.dev.driver_version, self.device.dev.platform.version]
     key = hashlib.sha256("\0".join(ident + [k.source for k in kernels]).encode()).hexdigest()
     if key not in self.cache:
       times = self._time(kernels)
@@ -54,17 +55,12 @@ class Tuner:
     program = self.device.build(program_source(renamed))
     args = [self._buffer(kernels[0].out.nbytes, 0)] + [
       device_buffer(n) if n.buffer is not None else self._buffer(n.nbytes, i + 1) for i, n in enumerate(kernels[0].loads)]
-    times = []
+    launches = []
     for k in renamed:
       kernel = cl.Kernel(program, k.name)
       kernel.set_args(*args)
-      best = float("inf")
-      for i in range(RUNS + 1):
-        event = cl.enqueue_nd_range_kernel(self.device.queue, kernel, k.global_size, k.local_size)
-        event.wait()
-        if i: best = min(best, (event.profile.end - event.profile.start) * 1e-9)
-      times.append(best)
-    return times
+      launches.append((kernel, k.global_size, k.local_size))
+    return fastest(self.device.queue, launches)
 
   def _save(self):
     if cache_writable(): write_atomic(self.path, json.dumps(self.cache).encode())
