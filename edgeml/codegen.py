@@ -126,7 +126,7 @@ def literal(value, dtype: np.dtype) -> str:
 
 
 MAX_UNROLL = 16   # reduce iterations unrolled at most (3x3 windows yes, long channel loops no)
-MAX_SEGMENTS = 8  # reduce loops split at concatenation boundaries into at most this many loops
+MAX_SEGMENTS = 8  # reduce loops (elementwise launches) split at concatenation boundaries into at most this many parts
 
 
 class NotVectorizable(Exception):
@@ -134,8 +134,9 @@ class NotVectorizable(Exception):
 
 
 class _Renderer:
-  """Renders one kernel. With `width` > 1 the last output axis is computed `width` lanes at a time in OpenCL vector
-  types: contiguous loads become vloadN, values that do not depend on the lane stay scalar and broadcast.
+  """Renders one kernel. With `width` > 1 an output axis (KernelShape.lanes_on) is computed `width` lanes at a time
+  in OpenCL vector types: contiguous loads become vloadN, values that do not depend on the lane stay scalar and
+  broadcast, lanes far apart are read one by one.
   `images` maps id(load node) -> image width in texels for loads read through image2d_t: element e is component e%4
   of texel e/4, at (texel % width, texel / width)."""
   def __init__(self, item: ScheduleItem, width: int = 1, reduce_lanes: bool = False, images: dict | None = None,
@@ -185,8 +186,9 @@ class _Renderer:
     if n.op in REDUCE: return self._reduce(n, idx, valid)
     if n.op is Op.CONTIGUOUS: return self.value(n.src[0], idx, valid)
     srcs = [self.value(s, idx, valid) for s in n.src]
-    zero = literal(0, n.dtype) if n.dtype.kind != "b" else None
-    if n.op is Op.ADD and zero in srcs: return srcs[srcs[0] == zero]   # x + 0: a concatenation's part outside its range
+    if n.op is Op.ADD:   # x + a padding's zero: a concatenation's part outside its range (-0.0 stays -0.0, as concat)
+      zero = [k for k, (m, v) in enumerate(zip(n.src, srcs)) if m.op is Op.PAD and v == literal(0, n.dtype)]
+      if zero and n.dtype.kind != "b": return srcs[1 - zero[0]]
     if any(self.is_vector(v) for v in srcs):
       self.flops += self.trips * self.width
       return self._vector_alu(n, srcs)
@@ -332,10 +334,10 @@ class _Renderer:
       loops, trips = {}, 1
       for ax in looped:
         steps = src.shape[ax] // self.width if self.reduce_lanes and ax == axes[-1] else src.shape[ax]
-        first, last = (lo, hi) if ax == split else (0, steps - 1)
-        loops[ax] = Lin.of(Var(f"r{ax}", first, last))
-        self.lines.append(f"for (int r{ax} = {first}; r{ax} < {last + 1}; r{ax}++) {{")
-        trips *= last - first + 1
+        first, count = (lo, hi - lo + 1) if ax == split else (0, steps)
+        loops[ax] = Lin.of(Var(f"r{ax}", 0, count - 1)) + first   # loops from 0 (the loader reads those)
+        self.lines.append(f"for (int r{ax} = 0; r{ax} < {count}; r{ax}++) {{")
+        trips *= count
       if self.reduce_lanes: loops[axes[-1]] = loops[axes[-1]] * self.width + Lin.of(self.lane)
       self.scopes, self.trips = [{}], trips
       header, extra = len(self.lines), self.extra
@@ -611,12 +613,16 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
   names = [f"o{k}" for k in range(len(indices(whole)))]
   if lanes: r.vectors.update(names)
   lines = [f"{kind} {name};" for name in names]
+  flops = r.flops
   for i, (first, last) in enumerate(segments):
-    r.lines, r.scopes = [], [{}]
+    r.lines, r.scopes, before = [], [{}], r.flops
     values = [r.value(out, tuple(idx), ()) for idx in indices(Lin.of(Var("gx", first, last)))]
+    flops += (r.flops - before) * (last - first + 1) / nx   # only this branch's work items do its arithmetic
+    r.flops = before
     opening = "if" if i == 0 else "} else if" if i < len(segments) - 1 else "} else {"
     lines += [f"{opening} (gx < {last + 1}) {{" if i < len(segments) - 1 else opening] + r.lines
     lines += [f"{name} = {r.as_vector(v) if lanes else v};" for name, v in zip(names, values)]
+  r.flops = round(flops)
   return r, (nx, ny), [], lines + ["}"] + stores(whole, names)
 
 

@@ -1,8 +1,8 @@
 """What shape a kernel takes: the decisions between scheduling and rendering, one small record per kernel.
 
 A kernel's outputs form a grid; a `KernelShape` says how work items cover it: `tiles` neighbouring outputs per work
-item along some axes (register tiles), `width` vector lanes on the last output axis or, with `reduce_lanes`, on the
-innermost reduce axis; `flat` launches the grid as one padded dimension of `local` work items per group (GPU-like
+item along some axes (register tiles), `width` vector lanes on an output axis (`lane_axis`: by default the last one
+longer than 1; for a convolution also its output channels) or, with `reduce_lanes`, on the innermost reduce axis; `flat` launches the grid as one padded dimension of `local` work items per group (GPU-like
 devices, which need many work items in groups of 64 or more); `group` > 1 splits each output's reduce across a
 work-group of that many work items (a grouped reduce: each takes a strided share of the reduce axes, the partial
 results are combined through __local memory), so few outputs with long reduces still fill a GPU.
@@ -19,6 +19,8 @@ from edgeml.ops import REDUCE
 from edgeml.schedule import ScheduleItem
 
 MIN_GPU_ITEMS = 4096     # work items a GPU launch should have (so every compute unit gets several groups)
+CHANNEL_BLOCK = 8        # vector lanes of channel-lane shapes; conv and matmul weights are stored in blocks of as many
+TINY_GROUP = 16          # a 2-d launch with smaller work-groups has a flat one instead (elementwise kernels)
 MAX_GROUP = 256          # work items sharing one grouped reduce at most
 
 
@@ -77,12 +79,14 @@ def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
   (a small divisor of the axis); vector lanes on the lane axis, or on the innermost reduce axis, or (channel lanes)
   8 lanes on another axis, times a tile along the lane axis: a convolution's output channels, whose weights conv2d
   stores in blocks of 8 channels, so one vector load feeds a vector FMA for each output position of the tile. At
-  most 32 scalar outputs or 64 vector lanes per work item; at least 8 work items."""
+  most 32 scalar outputs, 64 vector lanes (80 for a channel-lane tile of 2 rows by 5) per work item; at least 8 work
+  items."""
   shape = item.out.shape
   lane_axis = lane_axis_of(shape)
   if not reduce_length(item):   # elementwise: lanes only; one flat launch where a 2-d one has tiny work-groups
     lx, ly = pick_local_size(shape[lane_axis], item.out.size // shape[lane_axis]) if shape else (1, 1)
-    plain = KernelShape(flat=True, local=64) if lx * ly < 16 and item.out.size >= 1024 else KernelShape()
+    tiny = lx * ly < TINY_GROUP and item.out.size >= 64 * TINY_GROUP
+    plain = KernelShape(flat=True, local=64) if tiny else KernelShape()
     return [KernelShape({lane_axis: w}, w) for w in (8, 4) if shape and shape[lane_axis] % w == 0][:1] + [plain]
   singles = []
   for a, s in enumerate(shape):
@@ -102,15 +106,16 @@ def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
 def channel_lane_shapes(item: ScheduleItem) -> list[KernelShape]:
   """8 lanes on an axis other than the lane axis, times a tile of up to 8 outputs along the lane axis, or of 2 rows
   (the axis before it) by up to 5 (at most 10 vector accumulators; CPU-like devices)."""
-  shape, lane_axis = item.out.shape, lane_axis_of(item.out.shape)
+  shape, lane_axis, b = item.out.shape, lane_axis_of(item.out.shape), CHANNEL_BLOCK
   row = lane_axis - 1
   out = []
   for a, s in enumerate(shape):
-    if a == lane_axis or s % 8: continue
+    if a == lane_axis or s % b: continue
     cols = [t for t in range(8, 1, -1) if shape[lane_axis] % t == 0]
     tilings = [{lane_axis: t} for t in cols[:2]] + [{}]
     if row > a and shape[row] % 2 == 0: tilings += [{row: 2, lane_axis: t} for t in cols if t <= 5][:2]
-    out += [KernelShape({a: 8, **t}, 8, lane_axis=a) for t in tilings if item.out.size // (8 * math.prod(t.values(), start=1)) >= 8]
+    out += [KernelShape({a: b, **t}, b, lane_axis=a) for t in tilings
+            if item.out.size // (b * math.prod(t.values(), start=1)) >= 8]
   return out
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from edgeml.ops import Op
 from edgeml.lazy import Node, view, contiguous_strides
 from edgeml.realize import realize
+from edgeml.opt import CHANNEL_BLOCK
 
 Shape = tuple[int, ...]
 BOOL, INT32, FLOAT32 = np.dtype(np.bool_), np.dtype(np.int32), np.dtype(np.float32)
@@ -523,6 +524,7 @@ class Tensor:
     b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
     if a2.shape[-1] != b2.shape[-2]:
       raise ValueError(f"matmul shape mismatch: {a.shape} @ {b.shape} (inner dimensions {a2.shape[-1]} != {b2.shape[-2]})")
+    if b2.ndim == 2: b2 = _column_blocked(b2)
     batch = broadcast_shape(a2.shape[:-2], b2.shape[:-2])
     m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
     prod = a2.reshape(*a2.shape[:-1], 1, k).expand_to(batch + (m, n, k)) * \
@@ -708,7 +710,6 @@ def _conv_pads(padding, nd: int) -> list:
 # conditions on the kernel's reads (about 1.3-1.5x faster 3x3 convs on PoCL), for one more pass over the input.
 # Depthwise convs (9 taps) would spend more on the copy than they save.
 PREPAD_MIN_TAPS = 64
-CHANNEL_BLOCK = 8   # output channels per block of stored conv weights (the vector lanes of edgeml/opt.py)
 
 
 def _channel_blocked(weight: Tensor, groups: int) -> Tensor:
@@ -721,6 +722,15 @@ def _channel_blocked(weight: Tensor, groups: int) -> Tensor:
   inner = tuple(range(2, weight.ndim + 1))
   blocked = weight.reshape(cout // b, b, *weight.shape[1:]).permute(0, *inner, 1).contiguous()
   return blocked.permute(0, weight.ndim, *range(1, weight.ndim)).reshape(weight.shape)
+
+
+def _column_blocked(b: Tensor) -> Tensor:
+  """A constant matmul operand (K, N), read from a copy stored as (N/8, K, 8): 8 output columns side by side, so a
+  kernel computing 8 columns in vector lanes loads them in one read (a GEMV streams its weights contiguously)."""
+  k, n = b.shape
+  if n % CHANNEL_BLOCK or not _is_constant(b.node): return b
+  blocked = b.reshape(k, n // CHANNEL_BLOCK, CHANNEL_BLOCK).permute(1, 0, 2).contiguous()
+  return blocked.permute(1, 0, 2).reshape(k, n)
 
 
 def _is_constant(node: Node) -> bool:

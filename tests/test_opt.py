@@ -10,6 +10,7 @@ from edgeml.host_eval import device_buffer
 from edgeml.opt import MIN_GPU_ITEMS, KernelShape, candidates, channel_lane_shapes, cpu_shapes, reduce_length, work_items
 from edgeml.realize import realize
 from edgeml.schedule import schedule
+from compiled.kernelsig import kernels_of
 
 rng = np.random.default_rng(0)
 
@@ -58,9 +59,10 @@ def test_stride2_stem_conv_on_pocl_puts_output_channels_in_lanes():
   np.testing.assert_allclose(t.numpy(), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [KernelShape({1: 8}, 8), KernelShape(group=64, local=64)])
+@pytest.mark.parametrize("shape", [KernelShape({1: 8}, 8), KernelShape(group=64, local=64), KernelShape({1: 8, 3: 4}, 8, lane_axis=1)])
 def test_shapes_are_hashable_records(shape):
-  assert len({shape, KernelShape(dict(shape.tiles), shape.width, shape.reduce_lanes, shape.flat, shape.local, shape.group)}) == 1
+  assert len({shape, KernelShape(dict(shape.tiles), shape.width, shape.reduce_lanes, shape.flat, shape.local, shape.group,
+                                 shape.lane_axis)}) == 1
 
 
 def conv_ref(x, w, stride, pad, groups):
@@ -123,8 +125,11 @@ def test_a_reduce_over_a_concatenation_loops_over_each_part():
   item = last_item(t)
   source = render(item, target=TARGETS["pocl"]).source
   loops = [line for line in source.splitlines() if line.strip().startswith("for (")]
-  assert [loop.split(";")[0].split("=")[1].strip() for loop in loops] == ["0", "8", "16"], loops
+  assert [loop.split(";")[1].split("<")[1].strip() for loop in loops] == ["8", "8", "5"], loops   # one loop per part
   assert "?" not in source.split("for (")[1].split("}")[0]   # no condition in the first part's loop
+  decl = kernels_of(source)[item_name(source)]
+  assert all(decl.read_extent(p, render(item, target=TARGETS["pocl"]).global_size) for p in range(1, len(decl.params))), \
+    "the loader checks every read of every part"
   want = np.einsum("nchw,oc->nohw", np.concatenate([x, 2 * x, x[:, :5]], 1).astype(np.float64), w[:, :, 0, 0])
   np.testing.assert_allclose(t.numpy(), want, rtol=1e-4, atol=1e-4)
 
@@ -141,3 +146,27 @@ def test_an_elementwise_concatenation_branches_per_part():
     assert f"if (gx < {16 // per}) {{" in kernel.source and f"}} else if (gx < {24 // per}) {{" in kernel.source
     assert "?" not in kernel.source, kernel.source
     np.testing.assert_allclose(run(kernel), np.concatenate([a, np.exp(a[:, :8]), 2 * a[:, 8:]], 1), rtol=1e-6)
+
+
+def item_name(source: str) -> str:
+  return source.split("void ")[1].split("(")[0]
+
+
+def test_concatenation_keeps_negative_zero_and_addition_does_not():
+  """cat copies -0.0 as it is (numpy); x + 0.0 is +0.0 (IEEE), though both are x plus a zero in the graph."""
+  x = np.array([[-0.0, 1.0, -0.0, 2.0] * 4] * 3, np.float32)
+  cat = Tensor(x).cat(Tensor(x), axis=1).numpy()
+  np.testing.assert_array_equal(np.signbit(cat), np.signbit(np.concatenate([x, x], 1)))
+  assert not np.signbit((Tensor(x) + 0.0).numpy()).any()
+
+
+def test_elementwise_kernels_with_tiny_work_groups_launch_flat():
+  """A 900 x 9 elementwise kernel: a 2-d launch would have work-groups of 8 items (9 columns, 900 rows); it is one
+  flat launch in groups of 64, and computes the same."""
+  a = rng.standard_normal((900, 9)).astype(np.float32)
+  item = last_item(Tensor(a).exp() * 2)
+  shape = cpu_shapes(item)[-1]
+  assert shape.flat and shape.local == 64
+  kernel = render(item, target=TARGETS["pocl"])
+  assert kernel.local_size == (64, 1)
+  np.testing.assert_allclose(run(kernel), np.exp(a) * 2, rtol=1e-6)
