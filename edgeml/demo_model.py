@@ -18,6 +18,7 @@ import hashlib
 import json
 
 import numpy as np
+from edgeml.onnx_builder import GraphBuilder
 
 VERSION = 1  # bump whenever `build` changes what it writes
 DESIRE, PLAN_HYPOTHESES, PLAN_WIDTH, LANES, LANE_POINTS, LEAD = 8, 5, 496, 4, 33, 18
@@ -39,50 +40,7 @@ def cache_key(**params) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-class _Graph:
-  """Nodes, initializers and seeded weights, named as they are added."""
-  def __init__(self, seed: int):
-    from onnx import helper, numpy_helper
-    self.helper, self.numpy_helper = helper, numpy_helper
-    self.rng, self.nodes, self.inits, self.count = np.random.default_rng(seed), [], [], 0
-
-  def name(self, base: str) -> str:
-    self.count += 1
-    return f"{base}_{self.count}"
-
-  def const(self, value, base="const", dtype=np.float32) -> str:
-    name = self.name(base)
-    self.inits.append(self.numpy_helper.from_array(np.asarray(value, dtype), name))
-    return name
-
-  def weight(self, shape, fan_in: int, gain: float = 1.0, base="w") -> str:
-    return self.const(self.rng.standard_normal(shape) * gain / np.sqrt(fan_in), base)
-
-  def bias(self, n: int, scale: float = 0.05, base="b") -> str:
-    return self.const(self.rng.standard_normal(n) * scale, base)
-
-  def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs):
-    names = outputs if isinstance(outputs, list) else [self.name(op_type.lower()) for _ in range(outputs)]
-    self.nodes.append(self.helper.make_node(op_type, inputs, names, **attrs))
-    return names[0] if len(names) == 1 else names
-
-  def conv(self, x: str, cin: int, cout: int, k: int = 1, stride: int = 1, group: int = 1, gain: float = 1.0) -> str:
-    w = self.weight((cout, cin // group, k, k), cin // group * k * k, gain)
-    return self.op("Conv", [x, w, self.bias(cout)], kernel_shape=[k, k], strides=[stride, stride],
-                   pads=[k // 2] * 4, group=group)
-
-  def silu(self, x: str) -> str:
-    return self.op("Mul", [x, self.op("Sigmoid", [x])])
-
-  def gemm(self, x: str, n_in: int, n_out: int, gain: float = 1.0, out: list[str] | None = None) -> str:
-    w = self.weight((n_out, n_in), n_in, gain)
-    return self.op("Gemm", [x, w, self.bias(n_out)], out or 1, transB=1)
-
-  def ints(self, values) -> str:
-    return self.const(values, "shape", np.int64)
-
-
-def _block(g: _Graph, x: str, cin: int, expand: int, cout: int, stride: int) -> str:
+def _block(g: GraphBuilder, x: str, cin: int, expand: int, cout: int, stride: int) -> str:
   h = g.silu(g.conv(x, cin, expand, gain=GAIN))
   h = g.silu(g.conv(h, expand, expand, 3, stride, group=expand, gain=GAIN))
   squeezed = g.op("ReduceMean", [h], axes=[2, 3], keepdims=1)
@@ -100,7 +58,7 @@ def model(height: int = 128, width: int = 256, hidden: int = 256, seed: int = 0)
   if height % DOWNSCALE or width % DOWNSCALE or height <= 0 or width <= 0:
     raise ValueError(f"the demo model's height and width must be positive multiples of {DOWNSCALE}, "
                      f"not {height}x{width}")
-  g = _Graph(seed)
+  g = GraphBuilder(seed)
   x = g.op("Sub", [g.op("Div", ["input_imgs", g.const(128.0)]), g.const(1.0)])
   x, channels = g.silu(g.conv(x, 12, STEM, 3, 2, gain=GAIN)), STEM
   for expand, cout, stride in BLOCKS:

@@ -15,6 +15,7 @@ per layer so activations stay O(1) through the network. Inputs are float32, batc
 the classifiers (output `logits` (1, 1000)), `images` for the detector. Opset 17, IR version 9.
 """
 import numpy as np
+from edgeml.onnx_builder import GraphBuilder
 
 OPSET, IR_VERSION = 17, 9
 HARDSWISH_GAIN, SILU_GAIN = 1.45, 1.46  # gains before those activations (ReLU: sqrt(2)), so that activations
@@ -32,42 +33,10 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
   return new + divisor if new < 0.9 * v else new
 
 
-class _Graph:
-  """Nodes and seeded initializers, named as they are added."""
-  def __init__(self, seed: int):
-    from onnx import helper, numpy_helper
-    self.helper, self.numpy_helper = helper, numpy_helper
-    self.rng, self.nodes, self.inits, self.count = np.random.default_rng(seed), [], [], 0
-
-  def name(self, base: str) -> str:
-    self.count += 1
-    return f"{base}_{self.count}"
-
-  def const(self, value, base="const", dtype=np.float32) -> str:
-    name = self.name(base)
-    self.inits.append(self.numpy_helper.from_array(np.asarray(value, dtype), name))
-    return name
-
-  def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs):
-    names = outputs if isinstance(outputs, list) else [self.name(op_type.lower()) for _ in range(outputs)]
-    self.nodes.append(self.helper.make_node(op_type, inputs, names, **attrs))
-    return names[0] if len(names) == 1 else names
-
-  def conv(self, x: str, cin: int, cout: int, k: int = 1, stride: int = 1, group: int = 1, gain: float = 2 ** 0.5,
-           pad: int | None = None) -> str:
-    """Conv with a bias (a folded BatchNorm); weights normal(0, gain / sqrt(fan in))."""
-    fan_in = cin // group * k * k
-    w = self.const(self.rng.standard_normal((cout, cin // group, k, k)) * gain / np.sqrt(fan_in), "w")
-    b = self.const(self.rng.standard_normal(cout) * 0.05, "b")
-    p = k // 2 if pad is None else pad
-    return self.op("Conv", [x, w, b], kernel_shape=[k, k], strides=[stride, stride], pads=[p] * 4, group=group)
-
-  def gemm(self, x: str, n_in: int, n_out: int, gain: float = 1.0, out: list[str] | None = None) -> str:
-    w = self.const(self.rng.standard_normal((n_out, n_in)) * gain / np.sqrt(n_in), "w")
-    return self.op("Gemm", [x, w, self.const(self.rng.standard_normal(n_out) * 0.05, "b")], out or 1, transB=1)
-
-  def silu(self, x: str) -> str:
-    return self.op("Mul", [x, self.op("Sigmoid", [x])])
+class _Graph(GraphBuilder):
+  """GraphBuilder with He-normal convs (gain sqrt 2) and the model's ONNX framing."""
+  def conv(self, *args, gain: float = 2 ** 0.5, **kwargs) -> str:
+    return super().conv(*args, gain=gain, **kwargs)
 
   def model(self, name: str, inputs: list, outputs: list, doc: str):
     """inputs and outputs: (name, shape) pairs, float32."""
