@@ -239,6 +239,9 @@ class _Renderer:
     if coef == 0: return f"((float{self.width})({self._scalar_read(n, offset)}))"
     if coef is None: raise NotVectorizable("lane inside a division")
     if coef not in (1, 2):   # lanes far apart: one read each
+      # not for lanes on the reduce axis: such gathers seldom pay, and Oclgrind 21.10 computes some of those kernels
+      # wrong where PoCL is right (a 1x1 conv over 16 + 24 concatenated channels, 3 output rows per work item)
+      if self.reduce_lanes: raise NotVectorizable("reduce lanes far apart")
       self.extra += self.width - 1
       return f"(float{self.width})({','.join(self._scalar_read(n, rest + coef * k) for k in range(self.width))})"
     if id(n) in self.images:   # whole texels only: 4 or 8 lanes from a multiple of 4
@@ -291,7 +294,9 @@ class _Renderer:
     v = self.value(n.src[0], tuple(inner), valid + tuple(conds))
     if per_lane:
       if n.dtype != np.float32: raise NotVectorizable(f"{n.dtype} padding lanes")
-      v = self.emit(n.dtype, f"select((float{self.width})0.0f,{self.as_vector(v)},{self._lane_mask(per_lane)})", True)
+      # lanes in the padding zeroed by a bitwise and with the mask (Oclgrind 21.10 misreads select() in some loops)
+      w = self.width
+      v = self.emit(n.dtype, f"as_float{w}(as_int{w}({self.as_vector(v)})&{self._lane_mask(per_lane)})", True)
     if not free: return v
     zero = f"((float{self.width})0.0f)" if self.is_vector(v) else literal(0, n.dtype)
     return self.emit(n.dtype, f"({render_conditions(free)}?{v}:{zero})", self.is_vector(v))
