@@ -104,19 +104,18 @@ def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
 
 
 def channel_lane_shapes(item: ScheduleItem) -> list[KernelShape]:
-  """8 lanes on an axis other than the lane axis, times a tile of up to 8 outputs along the lane axis, or of 2 rows
-  (the axis before it) by up to 5 (at most 10 vector accumulators; CPU-like devices)."""
+  """8 lanes on the channel axis (the first axis before the lane axis whose length is a multiple of 8), times a tile
+  of up to 8 outputs along the lane axis, or of 2 rows (the axis before it) by up to 5 (at most 10 vector
+  accumulators; CPU-like devices)."""
   shape, lane_axis, b = item.out.shape, lane_axis_of(item.out.shape), CHANNEL_BLOCK
+  a = next((a for a, s in enumerate(shape[:lane_axis]) if s % b == 0), None)
+  if a is None: return []
   row = lane_axis - 1
-  out = []
-  for a, s in enumerate(shape):
-    if a == lane_axis or s % b: continue
-    cols = [t for t in range(8, 1, -1) if shape[lane_axis] % t == 0]
-    tilings = [{lane_axis: t} for t in cols[:2]] + [{}]
-    if row > a and shape[row] % 2 == 0: tilings += [{row: 2, lane_axis: t} for t in cols if t <= 5][:2]
-    out += [KernelShape({a: b, **t}, b, lane_axis=a) for t in tilings
-            if item.out.size // (b * math.prod(t.values(), start=1)) >= 8]
-  return out
+  cols = [t for t in range(8, 1, -1) if shape[lane_axis] % t == 0]
+  tilings = [{lane_axis: t} for t in cols[:2]] or [{}]
+  if row > a and shape[row] % 2 == 0: tilings += [{row: 2, lane_axis: t} for t in cols if t <= 5][:1]
+  return [KernelShape({a: b, **t}, b, lane_axis=a) for t in tilings
+          if item.out.size // (b * math.prod(t.values(), start=1)) >= 8]
 
 
 def work_items(item: ScheduleItem, s: KernelShape) -> int:
