@@ -562,7 +562,7 @@ class Tensor:
     pads = _conv_pads(padding, nd)
     x = self.pad([(0, 0), (0, 0)] + pads)
     n, cg, cog, spatial = x.shape[0], cin // groups, cout // groups, x.shape[2:]
-    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS:   # rows padded to a multiple of 8: vector copy
+    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS and weight.size >= RELAYOUT_MIN:   # rows: 8k
       x = self.pad([(0, 0), (0, 0)] + pads[:-1] + [(pads[-1][0], pads[-1][1] - spatial[-1] % -8)]).contiguous()
     win = x._windows(kernel, stride, dilation, spatial)                # (N, Cin, *O, *K)
     outs = win.shape[2:2 + nd]
@@ -710,15 +710,19 @@ def _conv_pads(padding, nd: int) -> list:
 # conditions on the kernel's reads (about 1.3-1.5x faster 3x3 convs on PoCL), for one more pass over the input.
 # Depthwise convs (9 taps) would spend more on the copy than they save.
 PREPAD_MIN_TAPS = 64
+# Smaller convs and matmuls (the ONNX node tests, run eagerly) read their weights and input as they are: the extra
+# copy kernels would cost more than they save.
+RELAYOUT_MIN = 1024   # weight elements
 
 
 def _channel_blocked(weight: Tensor, groups: int) -> Tensor:
   """The conv weight (Cout, Cg, *K), read from a copy stored as (Cout/8, Cg, *K, 8): 8 output channels side by side,
   so a kernel computing 8 output channels in vector lanes loads their weights in one read. The copy is a kernel that
   reads only weights: compiling folds it (edgeml/compile.py), so the artifact stores the blocked layout. Weights that
-  depend on an input, or whose groups' channel counts are not multiples of 8, are read as they are."""
+  depend on an input, whose groups' channel counts are not multiples of 8, or smaller than RELAYOUT_MIN elements, are
+  read as they are."""
   cout, b = weight.shape[0], CHANNEL_BLOCK
-  if (cout // groups) % b or not _is_constant(weight.node): return weight
+  if (cout // groups) % b or weight.size < RELAYOUT_MIN or not _is_constant(weight.node): return weight
   inner = tuple(range(2, weight.ndim + 1))
   blocked = weight.reshape(cout // b, b, *weight.shape[1:]).permute(0, *inner, 1).contiguous()
   return blocked.permute(0, weight.ndim, *range(1, weight.ndim)).reshape(weight.shape)
@@ -728,7 +732,7 @@ def _column_blocked(b: Tensor) -> Tensor:
   """A constant matmul operand (K, N), read from a copy stored as (N/8, K, 8): 8 output columns side by side, so a
   kernel computing 8 columns in vector lanes loads them in one read (a GEMV streams its weights contiguously)."""
   k, n = b.shape
-  if n % CHANNEL_BLOCK or not _is_constant(b.node): return b
+  if n % CHANNEL_BLOCK or b.size < RELAYOUT_MIN or not _is_constant(b.node): return b
   blocked = b.reshape(k, n // CHANNEL_BLOCK, CHANNEL_BLOCK).permute(1, 0, 2).contiguous()
   return blocked.permute(1, 0, 2).reshape(k, n)
 

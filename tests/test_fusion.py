@@ -97,11 +97,11 @@ def test_squeeze_excite_is_four_kernels():
 
 
 def test_conv_with_many_taps_reads_a_padded_copy():
-  """A 3x3 conv with 16 output channels: a padding kernel, then the conv (no border conditions), whose constant
-  weights are re-laid in blocks of 8 output channels by a kernel that depends on no input."""
+  """A 3x3 conv, 8 -> 16 channels: a padding kernel, then the conv (no border conditions), whose constant weights are
+  re-laid in blocks of 8 output channels by a kernel that depends on no input."""
   from compiled.targets import TARGETS
   from edgeml.codegen import render
-  xs, w, b = rng(1, 3, 8, 8), rng(16, 3, 3, 3, seed=1), rng(16, seed=2)
+  xs, w, b = rng(1, 8, 8, 8), rng(16, 8, 3, 3, seed=1), rng(16, seed=2)
   x = Tensor(xs)
   out = x.conv2d(Tensor(w), Tensor(b), padding=1).relu()
   items = schedule([out.node])
