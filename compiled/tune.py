@@ -111,7 +111,8 @@ def main(argv=None) -> int:
   ap.add_argument("--device", metavar="NAME|INDEX", help="the OpenCL device: a name substring or an index "
                   "(default: EDGEML_DEVICE, else the first of the artifact's target)")
   ap.add_argument("--allow-target-mismatch", action="store_true", help="tune on a device of another target")
-  ap.add_argument("--runs", type=int, default=RUNS, help=f"rounds of timed launches over the candidates (default {RUNS})")
+  ap.add_argument("--runs", type=int, default=RUNS,
+                  help=f"rounds of timed launches taking turns over the candidates (default {RUNS})")
   ap.add_argument("--sign", metavar="KEY", help="re-sign the tuned artifact with this Ed25519 private key (PEM); "
                   "a signed artifact is refused without it")
   ap.add_argument("--prebuild", action="store_true", help="time nothing: only leave the program binary beside the "

@@ -2,10 +2,11 @@
 
 A kernel's outputs form a grid; a `KernelShape` says how work items cover it: `tiles` neighbouring outputs per work
 item along some axes (register tiles), `width` vector lanes on an output axis (`lane_axis`: by default the last one
-longer than 1; for a convolution also its output channels) or, with `reduce_lanes`, on the innermost reduce axis; `flat` launches the grid as one padded dimension of `local` work items per group (GPU-like
-devices, which need many work items in groups of 64 or more); `group` > 1 splits each output's reduce across a
-work-group of that many work items (a grouped reduce: each takes a strided share of the reduce axes, the partial
-results are combined through __local memory), so few outputs with long reduces still fill a GPU.
+longer than 1; for a convolution also its output channels) or, with `reduce_lanes`, on the innermost reduce axis;
+`flat` launches the grid as one padded dimension of `local` work items per group (GPU-like devices, which need many
+work items in groups of 64 or more); `group` > 1 splits each output's reduce across a work-group of that many work
+items (a grouped reduce: each takes a strided share of the reduce axes, the partial results are combined through
+__local memory), so few outputs with long reduces still fill a GPU.
 
 `candidates` lists the shapes worth rendering for a ScheduleItem on a Target (compiled/targets.py), best guess first;
 the renderer (edgeml/codegen.py) prints any of them and decides nothing. Heuristics per device class: CPU-like targets

@@ -562,7 +562,8 @@ class Tensor:
     pads = _conv_pads(padding, nd)
     x = self.pad([(0, 0), (0, 0)] + pads)
     n, cg, cog, spatial = x.shape[0], cin // groups, cout // groups, x.shape[2:]
-    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS and weight.size >= RELAYOUT_MIN:   # rows: 8k
+    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS and weight.size >= RELAYOUT_MIN:
+      # a padded copy, its rows padded to a multiple of 8 elements (the copy runs in vector lanes)
       x = self.pad([(0, 0), (0, 0)] + pads[:-1] + [(pads[-1][0], pads[-1][1] - spatial[-1] % -8)]).contiguous()
     win = x._windows(kernel, stride, dilation, spatial)                # (N, Cin, *O, *K)
     outs = win.shape[2:2 + nd]
