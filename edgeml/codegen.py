@@ -313,7 +313,7 @@ class _Renderer:
   def reduce_loop(self) -> list[str]:
     """One loop nest over the fused reduce's axes, accumulating every pending request. Short axes (a 3x3 window)
     are unrolled, so values shared between neighbouring outputs and taps are loaded once; the outermost loop is split
-    where a concatenation along it changes part (_segments)."""
+    where a concatenation along it changes part (concat_segments)."""
     if not self.pending: return []
     n = self.pending[0][0]
     src, lines = n.src[0], []
@@ -335,7 +335,7 @@ class _Renderer:
     looped = [ax for ax in axes if ax not in unrolled]
     split = next((ax for ax in looped if not (self.reduce_lanes and ax == axes[-1])), None)
     self.lines, self.loop_statements = lines, 0
-    for lo, hi in self._segments(src.shape[split]) if split is not None else [(0, 0)]:
+    for lo, hi in concat_segments(self.item, src.shape[split]) if split is not None else [(0, 0)]:
       loops, trips = {}, 1
       for ax in looped:
         steps = src.shape[ax] // self.width if self.reduce_lanes and ax == axes[-1] else src.shape[ax]
@@ -365,21 +365,18 @@ class _Renderer:
     return self.lines
 
 
-  def _segments(self, size: int) -> list[tuple[int, int]]:
-    """Ranges [first, last] that split a reduce loop of `size` steps at `concat_cuts`: in each range the validity
-    conditions of the parts are known from the loop variable's bounds, so the renderer drops them (one part read, no
-    per-step conditions)."""
-    edges = [0] + concat_cuts(self.item, size) + [size]
-    return [(a, b - 1) for a, b in zip(edges, edges[1:])]
-
   def _product(self, src: Node, idx: tuple, valid: tuple) -> str | None:
     """A float sum's term `a*b` as an expression, not a statement: the accumulation `acc + a*b` is then one C
     expression, which OpenCL compilers contract to a fused multiply-add (FP_CONTRACT is on by default). None when the
     term is not a float product computed here."""
-    if src.op is not Op.MUL or src.dtype.kind != "f" or id(src) in self.args: return None
+    if not self.is_product(src): return None
     a, b = (self.value(s, idx, valid) for s in src.src)
     self.flops += self.trips * (self.width if self.is_vector(a) or self.is_vector(b) else 1)
     return f"{a}*{b}"
+
+  def is_product(self, src: Node) -> bool:
+    """Whether a sum's source is a float product computed in the kernel (rendered by _product, no statement)."""
+    return src.op is Op.MUL and src.dtype.kind == "f" and id(src) not in self.args
 
   def _grouped_loop(self, n: Node, src: Node, axes: list, init: str) -> list[str]:
     """The reduce split across the work-group: work item `lid` takes elements lid, lid + group, ... of the reduce
@@ -412,16 +409,20 @@ class _Renderer:
     return self.lines
 
 
-def concat_cuts(item: ScheduleItem, size: int) -> list[int]:
-  """Where a concatenation along an axis of length `size` changes part: the sorted points strictly inside (0, size)
-  at which a PAD of the kernel's, padding an axis of that length, begins or ends ([] when there are more than
-  MAX_SEGMENTS - 1: splitting there would multiply the code)."""
+def concat_segments(item: ScheduleItem, size: int, per: int = 1) -> list[tuple[int, int]]:
+  """Ranges [first, last], in steps of `per` elements, that split an axis of length `size` (a reduce loop, or the
+  innermost launch axis) where a concatenation along it changes part: where a PAD of the kernel's, padding an axis of
+  that length, begins or ends. In each range the validity conditions of the parts are known from the variable's
+  bounds, so the renderer drops them. One range when there is nothing to split, when a cut falls inside a step, or
+  when there would be more than MAX_SEGMENTS ranges (splitting there would multiply the code)."""
   cuts = set()
   for p in kernel_nodes(item):
     if p.op is not Op.PAD: continue
     for (before, _), out, inner in zip(p.arg, p.shape, p.src[0].shape):
       if out == size and inner != size: cuts |= {c for c in (before, before + inner) if 0 < c < size}
-  return sorted(cuts) if len(cuts) < MAX_SEGMENTS else []
+  if len(cuts) >= MAX_SEGMENTS or any(c % per for c in cuts): cuts = set()
+  edges = [0] + sorted(c // per for c in cuts) + [size // per]
+  return [(a, b - 1) for a, b in zip(edges, edges[1:])]
 
 
 def uses_long_helpers(source: str) -> bool:
@@ -547,7 +548,7 @@ def _lower_bound(r: _Renderer, shape: KernelShape) -> float:
   if shape.group > 1: steps = -(-steps // shape.group)
   elif r.reduce_lanes: steps = steps // r.width if axes and src.shape[axes[-1]] % r.width == 0 else 0
   per_step = len(r.pending)
-  product = n.op is Op.SUM and src.op is Op.MUL and src.dtype.kind == "f" and id(src) not in r.args   # no statement
+  product = n.op is Op.SUM and r.is_product(src)   # no statement
   if id(src) in r.args or not product and src.op not in (Op.CONST, Op.VIEW, Op.PAD, Op.CONTIGUOUS) and src.op not in REDUCE:
     per_step += len({(tuple(i for ax, i in enumerate(idx) if ax not in axes), valid) for _, idx, valid, _ in r.pending})
   return per_step * steps / math.prod(shape.tiles.values(), start=1) / shape.group
@@ -564,7 +565,7 @@ def _render(item: ScheduleItem, shape: KernelShape, name: str, images: dict | No
 
 def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
   """Everything of `shape`'s kernel but the reduce loop: (renderer, launch grid, lines after the loop, stores). An
-  elementwise kernel over a concatenation along its innermost launch axis gets one branch per part (`concat_cuts`),
+  elementwise kernel over a concatenation along its innermost launch axis gets one branch per part (concat_segments),
   in which the bounds of gx drop the other parts' conditions."""
   out, tiles, width, reduce_lanes = item.out, shape.tiles, shape.width, shape.reduce_lanes
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
@@ -581,11 +582,9 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
     outer = tuple(1 if a == inner else s for a, s in enumerate(grid))
     base = lambda gx: [gx if a == inner else Lin() if s == 1 else (gy // st) % s
                        for a, (s, st) in enumerate(zip(outer, contiguous_strides(outer)))]
-    per_item = out.shape[inner] // nx if grid else 1   # outputs per work item along the innermost axis
-    cuts = concat_cuts(item, out.shape[inner]) if grid and not reduce_length(item) else []
-    if cuts and all(c % per_item == 0 for c in cuts):
-      edges = [0] + [c // per_item for c in cuts] + [nx]
-      segments = list(zip(edges, [e - 1 for e in edges[1:]]))
+    if grid and not reduce_length(item):   # outputs per work item along the innermost axis: out.shape[inner] // nx
+      segments = concat_segments(item, out.shape[inner], out.shape[inner] // nx)
+      if len(segments) == 1: segments = [None]
   scalar_tiles = {a: t for a, t in tiles.items() if width == 1 or reduce_lanes or a != lane_axis}
   lanes = width > 1 and not reduce_lanes
   if lanes and out.dtype != np.float32: raise NotVectorizable("non-float32 output")
