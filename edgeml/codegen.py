@@ -589,11 +589,15 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
   lanes = width > 1 and not reduce_lanes
   if lanes and out.dtype != np.float32: raise NotVectorizable("non-float32 output")
 
+  vectors = tiles.get(lane_axis, width) // width if lanes else 1   # vectors per work item along the lane axis
+
   def indices(gx: Lin) -> list[list]:
     """The output index of each store of a work item."""
     at = base(gx)
-    if lanes: at[lane_axis] = at[lane_axis] * width + Lin.of(r.lane)
-    return _tile_indices(at, scalar_tiles)
+    if not lanes: return _tile_indices(at, scalar_tiles)
+    at[lane_axis] = at[lane_axis] * vectors * width + Lin.of(r.lane)
+    return [idx[:lane_axis] + [idx[lane_axis] + k * width] + idx[lane_axis + 1:]
+            for idx in _tile_indices(at, scalar_tiles) for k in range(vectors)]
 
   def stores(gx: Lin, values: list[str]) -> list[str]:
     out_lines = []

@@ -21,7 +21,6 @@ from edgeml.schedule import ScheduleItem
 
 MIN_GPU_ITEMS = 4096     # work items a GPU launch should have (so every compute unit gets several groups)
 CHANNEL_BLOCK = 8        # vector lanes of channel-lane shapes; conv and matmul weights are stored in blocks of as many
-TINY_GROUP = 16          # a 2-d launch with smaller work-groups has a flat one instead (elementwise kernels)
 MAX_GROUP = 256          # work items sharing one grouped reduce at most
 
 
@@ -44,12 +43,19 @@ class KernelShape:
 
 
 def pick_local_size(nx: int, ny: int) -> tuple[int, int]:
-  """CPU-like launches: (lx, ly), powers of two, up to 64 work items, that pad the innermost axis by at most 1/8,
-  divide the other, and still leave at least 8 work groups (2 cores x 2 and some slack) when possible."""
-  lx = next((l for l in (64, 32, 16, 8, 4, 2) if -(-nx // l) * l - nx <= nx // 8 and -(-nx // l) * ny >= 8), 1)
-  groups_x = -(-nx // lx)
-  ly = next((l for l in (64, 32, 16, 8, 4, 2) if lx * l <= 64 and ny % l == 0 and groups_x * ny // l >= 8), 1)
-  return lx, ly
+  """CPU-like launches: (lx, ly), up to 64 work items, leaving at least 8 work groups (2 cores x 2 and some slack)
+  when possible. lx divides nx when it can, so no work item falls off the grid: a bounds guard (`if (gx >= nx)
+  return;`) keeps PoCL from running a group's work items in vector lanes (3x slower on a plain elementwise kernel).
+  Else a power of two padding nx by at most 1/8. ly divides ny."""
+  lx = _divisor(nx, 64, ny)
+  if lx < 3 and lx != nx:
+    lx = next((l for l in (64, 32, 16, 8, 4, 2) if -(-nx // l) * l - nx <= nx // 8 and -(-nx // l) * ny >= 8), lx)
+  return lx, _divisor(ny, 64 // lx, -(-nx // lx))
+
+
+def _divisor(n: int, limit: int, other_groups: int) -> int:
+  """The largest divisor of n of at most `limit` that leaves at least 8 work groups (times other_groups), else 1."""
+  return next((d for d in range(min(n, limit), 0, -1) if n % d == 0 and n // d * other_groups >= 8), 1)
 
 
 def lane_axis_of(shape: tuple) -> int:
@@ -84,11 +90,8 @@ def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
   items."""
   shape = item.out.shape
   lane_axis = lane_axis_of(shape)
-  if not reduce_length(item):   # elementwise: lanes only; one flat launch where a 2-d one has tiny work-groups
-    lx, ly = pick_local_size(shape[lane_axis], item.out.size // shape[lane_axis]) if shape else (1, 1)
-    tiny = lx * ly < TINY_GROUP and item.out.size >= 64 * TINY_GROUP
-    plain = KernelShape(flat=True, local=64) if tiny else KernelShape()
-    return [KernelShape({lane_axis: w}, w) for w in (8, 4) if shape and shape[lane_axis] % w == 0][:1] + [plain]
+  if not reduce_length(item):   # elementwise: lanes only
+    return [KernelShape({lane_axis: w}, w) for w in (8, 4) if shape and shape[lane_axis] % w == 0][:1] + [KernelShape()]
   singles = []
   for a, s in enumerate(shape):
     divisors = [t for t in (8, 4, 5, 3, 2) if s % t == 0 and s > 1]
@@ -106,17 +109,21 @@ def cpu_shapes(item: ScheduleItem) -> list[KernelShape]:
 
 def channel_lane_shapes(item: ScheduleItem) -> list[KernelShape]:
   """8 lanes on the channel axis (the first axis before the lane axis whose length is a multiple of 8), times a tile
-  of up to 8 outputs along the lane axis, or of 2 rows (the axis before it) by up to 5 (at most 10 vector
-  accumulators; CPU-like devices)."""
+  of up to 8 outputs along the lane axis, or of 2 rows (the axis before it) by up to 5; or 2 vectors of 8 channels
+  times up to 5 outputs along the lane axis or 2 rows by 2 (each input load then feeds two vector FMAs). At most 10
+  vector accumulators (CPU-like devices: 16 vector registers)."""
   shape, lane_axis, b = item.out.shape, lane_axis_of(item.out.shape), CHANNEL_BLOCK
   a = next((a for a, s in enumerate(shape[:lane_axis]) if s % b == 0), None)
   if a is None: return []
   row = lane_axis - 1
+  rows = row > a and shape[row] % 2 == 0
   cols = [t for t in range(8, 1, -1) if shape[lane_axis] % t == 0]
-  tilings = [{lane_axis: t} for t in cols[:2]] or [{}]
-  if row > a and shape[row] % 2 == 0: tilings += [{row: 2, lane_axis: t} for t in cols if t <= 5][:1]
-  return [KernelShape({a: b, **t}, b, lane_axis=a) for t in tilings
-          if item.out.size // (b * math.prod(t.values(), start=1)) >= 8]
+  tilings = [{a: b, lane_axis: t} for t in cols[:2]] or [{a: b}]
+  if rows: tilings += [{a: b, row: 2, lane_axis: t} for t in cols if t <= 5][:1]
+  if shape[a] % (2 * b) == 0:
+    tilings += [{a: 2 * b, lane_axis: t} for t in cols if t <= 5][:1]
+    if rows and 2 in cols: tilings.append({a: 2 * b, row: 2, lane_axis: 2})
+  return [KernelShape(t, b, lane_axis=a) for t in tilings if item.out.size // math.prod(t.values()) >= 8]
 
 
 def work_items(item: ScheduleItem, s: KernelShape) -> int:

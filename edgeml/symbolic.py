@@ -87,6 +87,19 @@ class Mod(_Quotient):
 def _term_key(t): return t[0].key
 
 
+def _fold_quotients(coefs: dict, const: int) -> int:
+  """Rewrite c*k*(n // k) + c*(n % k) as c*n in `coefs` (the index of an axis split in two and merged back);
+  returns the new constant."""
+  for atom, c in list(coefs.items()):
+    if type(atom) is not Mod or c == 0: continue
+    div = FloorDiv(atom.num, atom.den)
+    if coefs.get(div, 0) != c * atom.den or coefs.get(atom, 0) != c: continue
+    del coefs[atom], coefs[div]
+    for a, k in atom.num.terms: coefs[a] = coefs.get(a, 0) + c * k
+    const += c * atom.num.const
+  return const
+
+
 def _terms_bounds(terms, const: int):
   lo = hi = const
   for atom, c in terms:
@@ -144,6 +157,7 @@ class Lin:
       const += expr.const * k
     if len(coefs) <= 1:
       return Lin(tuple((a, c) for a, c in coefs.items() if c != 0), const)
+    if any(type(a) is Mod for a in coefs): const = _fold_quotients(coefs, const)
     return Lin._make(coefs, const)
 
   @staticmethod

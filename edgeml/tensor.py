@@ -524,7 +524,7 @@ class Tensor:
     b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
     if a2.shape[-1] != b2.shape[-2]:
       raise ValueError(f"matmul shape mismatch: {a.shape} @ {b.shape} (inner dimensions {a2.shape[-1]} != {b2.shape[-2]})")
-    if b2.ndim == 2: b2 = _column_blocked(b2)
+    if b2.ndim == 2 and _worth_relayout(b2.size, math.prod(a2.shape[:-1]) * b2.size): b2 = _column_blocked(b2)
     batch = broadcast_shape(a2.shape[:-2], b2.shape[:-2])
     m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
     prod = a2.reshape(*a2.shape[:-1], 1, k).expand_to(batch + (m, n, k)) * \
@@ -544,7 +544,7 @@ class Tensor:
     """(N, C, *spatial) -> (N, C, *out_spatial, *kernel): a strided view, no copy. `spatial`: the extent the windows
     cover (default the whole tensor; columns beyond it on the last axis are row padding, never read)."""
     spatial = spatial or self.shape[2:]
-    outs = [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(spatial, kernel, stride, dilation)]
+    outs = _window_outs(spatial, kernel, stride, dilation)
     if any(o <= 0 for o in outs):
       raise ValueError(f"window {tuple(kernel)} (dilation {tuple(dilation)}) does not fit input {self.shape}")
     base = contiguous_strides(self.shape)
@@ -562,16 +562,21 @@ class Tensor:
     pads = _conv_pads(padding, nd)
     x = self.pad([(0, 0), (0, 0)] + pads)
     n, cg, cog, spatial = x.shape[0], cin // groups, cout // groups, x.shape[2:]
-    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS and weight.size >= RELAYOUT_MIN:
+    outs = _window_outs(spatial, kernel, stride, dilation)
+    relayout = _worth_relayout(weight.size, n * weight.size * math.prod(outs))
+    extra = -cout % CHANNEL_BLOCK if relayout and groups == 1 and cout >= 2 * CHANNEL_BLOCK else 0
+    if extra:   # zero output channels up to a multiple of 8 (so the weights are blocked), cropped off the result
+      bias = bias.pad([(0, extra)]) if bias is not None else None
+      return self.conv2d(weight.pad([(0, extra)]), bias, stride, padding, dilation).pad([(0, 0), (0, -extra)])
+    if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS and relayout:
       # a padded copy, its rows padded to a multiple of 8 elements (the copy runs in vector lanes)
       x = self.pad([(0, 0), (0, 0)] + pads[:-1] + [(pads[-1][0], pads[-1][1] - spatial[-1] % -8)]).contiguous()
     win = x._windows(kernel, stride, dilation, spatial)                # (N, Cin, *O, *K)
-    outs = win.shape[2:2 + nd]
     win = win.reshape(n, groups, 1, cg, *outs, *kernel)
     # move Cg next to the kernel axes: (N, G, 1, *O, Cg, *K)
     order = [0, 1, 2] + list(range(4, 4 + nd)) + [3] + list(range(4 + nd, 4 + 2 * nd))
     win = win.permute(order)
-    w = _channel_blocked(weight, groups).reshape(1, groups, cog, *([1] * nd), cg, *kernel)
+    w = (_channel_blocked(weight, groups) if relayout else weight).reshape(1, groups, cog, *([1] * nd), cg, *kernel)
     prod = win.expand_to(win.shape[:2] + (cog,) + win.shape[3:]) * w.expand_to((n, groups, cog) + tuple(outs) + (cg, *kernel))
     out = prod.sum(tuple(range(3 + nd, 4 + 2 * nd))).reshape(n, cout, *outs)
     if bias is not None: out = out + bias.reshape(1, cout, *([1] * nd))
@@ -711,19 +716,27 @@ def _conv_pads(padding, nd: int) -> list:
 # conditions on the kernel's reads (about 1.3-1.5x faster 3x3 convs on PoCL), for one more pass over the input.
 # Depthwise convs (9 taps) would spend more on the copy than they save.
 PREPAD_MIN_TAPS = 64
-# Smaller convs and matmuls (the ONNX node tests, run eagerly) read their weights and input as they are: the extra
-# copy kernels would cost more than they save.
-RELAYOUT_MIN = 1024   # weight elements
+# Convs and matmuls with fewer weights and less work (the ONNX node tests, run eagerly) read their weights and input
+# as they are: the extra copy kernels would cost more than they save.
+RELAYOUT_MIN = 1024           # weight elements
+RELAYOUT_MIN_MACS = 1 << 20   # multiply-adds (a model's stem conv has few weights but much work)
+
+
+def _window_outs(spatial, kernel, stride, dilation) -> list[int]:
+  return [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(spatial, kernel, stride, dilation)]
+
+
+def _worth_relayout(weights: int, macs: int) -> bool:
+  return weights >= RELAYOUT_MIN or macs >= RELAYOUT_MIN_MACS
 
 
 def _channel_blocked(weight: Tensor, groups: int) -> Tensor:
   """The conv weight (Cout, Cg, *K), read from a copy stored as (Cout/8, Cg, *K, 8): 8 output channels side by side,
   so a kernel computing 8 output channels in vector lanes loads their weights in one read. The copy is a kernel that
   reads only weights: compiling folds it (edgeml/compile.py), so the artifact stores the blocked layout. Weights that
-  depend on an input, whose groups' channel counts are not multiples of 8, or smaller than RELAYOUT_MIN elements, are
-  read as they are."""
+  depend on an input or whose groups' channel counts are not multiples of 8 are read as they are."""
   cout, b = weight.shape[0], CHANNEL_BLOCK
-  if (cout // groups) % b or weight.size < RELAYOUT_MIN or not _is_constant(weight.node): return weight
+  if (cout // groups) % b or not _is_constant(weight.node): return weight
   inner = tuple(range(2, weight.ndim + 1))
   blocked = weight.reshape(cout // b, b, *weight.shape[1:]).permute(0, *inner, 1).contiguous()
   return blocked.permute(0, weight.ndim, *range(1, weight.ndim)).reshape(weight.shape)
@@ -733,7 +746,7 @@ def _column_blocked(b: Tensor) -> Tensor:
   """A constant matmul operand (K, N), read from a copy stored as (N/8, K, 8): 8 output columns side by side, so a
   kernel computing 8 columns in vector lanes loads them in one read (a GEMV streams its weights contiguously)."""
   k, n = b.shape
-  if n % CHANNEL_BLOCK or b.size < RELAYOUT_MIN or not _is_constant(b.node): return b
+  if n % CHANNEL_BLOCK or not _is_constant(b.node): return b
   blocked = b.reshape(k, n // CHANNEL_BLOCK, CHANNEL_BLOCK).permute(1, 0, 2).contiguous()
   return blocked.permute(1, 0, 2).reshape(k, n)
 

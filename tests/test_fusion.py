@@ -112,6 +112,34 @@ def test_conv_with_many_taps_reads_a_padded_copy():
   np.testing.assert_allclose(out.numpy(), np.maximum(want + b.reshape(1, 16, 1, 1), 0), rtol=1e-4, atol=1e-4)
 
 
+
+def test_conv_output_channels_are_padded_to_the_block():
+  """A 1x1 conv to 27 channels (a detection head) computes 32, the 5 extra from zero weights, in blocks of 8
+  channels; the result is cropped to 27 and matches numpy."""
+  xs, w, b = rng(1, 48, 6, 10), rng(27, 48, 1, 1, seed=1), rng(27, seed=2)
+  x = Tensor(xs)
+  out = x.conv2d(Tensor(w), Tensor(b)).sigmoid()
+  from edgeml.opt import reduce_length
+  conv = [it.out.shape for it in schedule([out.node]) if reduce_length(it)]
+  assert len(conv) == 1 and 32 in conv[0], conv
+  assert [k.shape for k in weight_kernels(out, x)] == [(4, 48, 1, 1, 8)]
+  want = np.einsum("nchw,oc->nohw", xs.astype(np.float64), w[:, :, 0, 0]) + b.reshape(1, 27, 1, 1)
+  np.testing.assert_allclose(out.numpy(), 1 / (1 + np.exp(-want)), rtol=1e-4, atol=1e-5)
+
+
+def test_stem_conv_with_few_weights_is_blocked():
+  """A stem conv (3 -> 16 channels, 432 weights) over a large image does enough work to read blocked weights and a
+  padded copy of its input; the same conv over a small input reads them as they are."""
+  w = rng(16, 3, 3, 3, seed=1)
+  for side, copies in [(128, 2), (8, 0)]:
+    xs = rng(1, 3, side, side)
+    x = Tensor(xs)
+    out = x.conv2d(Tensor(w), padding=1)
+    assert len(weight_kernels(out, x)) == copies // 2 and input_kernels(out, x) == 1 + copies // 2, side
+    xp = np.pad(xs.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + side, j:j + side], w[:, :, i, j]) for i in range(3) for j in range(3))
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+
 @pytest.mark.parametrize("dtype", [np.float32, np.bool_, np.int32])
 def test_reducing_only_size_one_axes_is_no_kernel(dtype):
   x = (rng(3, 1, 4, 1) > 0).astype(dtype)

@@ -125,6 +125,22 @@ def test_reshape_style_index_collapses_to_plain_strides():
   assert ((window * 11 + Lin.of(Var("w", 0, 10))) // 11).render() == window.render()
 
 
+
+@given(coef=st.integers(1, 12), const=st.integers(-20, 20), k=st.integers(2, 30), scale=st.integers(-3, 3),
+       other=st.integers(-50, 50))
+def test_an_axis_split_and_merged_back_is_its_index(coef, const, k, scale, other):
+  """(n // k) * k + n % k is n again (a flat index split into rows of k and merged back), also scaled and beside
+  other terms; a mismatched pair keeps its value."""
+  g, r = Var("g", 0, 29), Var("r", 0, 4)
+  n = Lin.of(g) * coef + const
+  merged = Lin.combine([(n // k, k * scale), (n % k, scale), (Lin.of(r), other)])
+  if scale: assert merged == Lin.combine([(n, scale), (Lin.of(r), other)]), merged.render()
+  odd = Lin.combine([(n // k, k + 1), (n % k, 1)])
+  for gv, rv in itertools.product(range(30), range(5)):
+    env, value = {"g": gv, "r": rv}, coef * gv + const
+    assert evaluate_c(merged.render(), env) == scale * value + other * rv
+    assert evaluate_c(odd.render(), env) == (value // k) * (k + 1) + value % k
+
 def test_nonpositive_divisors_are_refused():
   with pytest.raises(ValueError, match="positive"): Lin.of(Var("i", 0, 3)) // -2
   with pytest.raises(ValueError, match="positive"): Lin.of(Var("i", 0, 3)) % 0
