@@ -565,7 +565,7 @@ class Tensor:
     outs = _window_outs(spatial, kernel, stride, dilation)
     relayout = _worth_relayout(weight.size, n * weight.size * math.prod(outs))
     extra = -cout % CHANNEL_BLOCK if relayout and groups == 1 and cout >= 2 * CHANNEL_BLOCK else 0
-    if extra:   # zero output channels up to a multiple of 8 (so the weights are blocked), cropped off the result
+    if extra and _is_constant(weight.node):   # zero channels up to a multiple of 8 (blocked weights), cropped off
       bias = bias.pad([(0, extra)]) if bias is not None else None
       return self.conv2d(weight.pad([(0, extra)]), bias, stride, padding, dilation).pad([(0, 0), (0, -extra)])
     if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS and relayout:
