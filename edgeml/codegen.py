@@ -17,6 +17,7 @@ from compiled.targets import TARGETS, Target
 from edgeml.ops import Op, REDUCE
 from edgeml.lazy import Node, contiguous_strides
 from edgeml.opt import KernelShape, candidates, kernel_nodes, lane_axis_of, pick_local_size, reduce_length
+from edgeml.reads import NotVectorizable, Reads
 from edgeml.schedule import ScheduleItem
 from edgeml.symbolic import Lin, Var
 
@@ -129,29 +130,21 @@ MAX_UNROLL = 16   # reduce iterations unrolled at most (3x3 windows yes, long ch
 MAX_SEGMENTS = 8  # reduce loops (elementwise launches) split at concatenation boundaries into at most this many parts
 
 
-class NotVectorizable(Exception):
-  """The kernel reads or computes something lane by lane that a vector type cannot express; use scalar tiles."""
-
-
 class _Renderer:
   """Renders one kernel. With `width` > 1 an output axis (KernelShape.lanes_on) is computed `width` lanes at a time
-  in OpenCL vector types: contiguous loads become vloadN, values that do not depend on the lane stay scalar and
-  broadcast, lanes far apart are read one by one.
-  `images` maps id(load node) -> image width in texels for loads read through image2d_t: element e is component e%4
-  of texel e/4, at (texel % width, texel / width)."""
+  in OpenCL vector types: values that do not depend on the lane stay scalar and broadcast; how loads are read
+  (vloadN, gathers, image texels) is edgeml/reads.py's."""
   def __init__(self, item: ScheduleItem, width: int = 1, reduce_lanes: bool = False, images: dict | None = None,
                group: int = 1):
     self.item, self.width, self.reduce_lanes, self.group = item, width, reduce_lanes, group
-    self.images = {i: w for i, w in (images or {}).items() if any(id(n) == i for n in item.loads)}
-    self.lane = Var("lane", 0, width - 1)
+    self.reads = Reads(item, width, reduce_lanes, images)
+    self.images, self.args, self.lane = self.reads.images, self.reads.args, self.reads.lane
     self.vectors: set[str] = set()     # names of values that are vectors
-    self.args = {id(n): i + 1 for i, n in enumerate(item.loads)}
     self.lines: list[str] = []
     self.scopes: list[dict] = [{}]
     self.count, self.trips, self.flops = 0, 1, 0
     self.pending: list[tuple] = []     # fused-reduce requests: (node, index, validity, accumulator name)
     self.loop_statements = 0           # statements the reduce executes per work item (a vector one counts once)
-    self.extra = 0                     # statements beyond one that emitted lines cost (a stride-2 lane read: 3)
 
   def compute_type(self, dtype) -> str:
     return "float" if dtype.type is np.float16 else ctype(dtype)   # half is a storage type: math in float
@@ -208,78 +201,18 @@ class _Renderer:
 
   def _load(self, n: Node, idx: tuple, valid: tuple) -> str:
     offset = Lin.combine(zip(idx, contiguous_strides(n.shape)))
-    free, per_lane = self._by_lane(valid)
+    free, per_lane = self.reads.by_lane(valid)
     guard = (lambda read, zero: f"({render_conditions(free)}?{read}:{zero})") if free else (lambda read, zero: read)
     if self.width > 1 and (offset.uses(self.lane) or per_lane):
       if n.dtype.type not in (np.float32, np.float16): raise NotVectorizable(f"{n.dtype} lanes")
-      read = self._vector_read(n, offset)
+      reads = self.reads
+      read = reads.vector(n, offset)
       if per_lane:   # at a border some lanes are padding: read lane by lane there, whole rows elsewhere
-        lanes = ",".join(f"({render_conditions(self._at(per_lane, k))}?{self._scalar_read(n, self._at_lane(offset, k))}:0.0f)"
+        lanes = ",".join(f"({render_conditions(reads.at(per_lane, k))}?{reads.scalar(n, reads.at_lane(offset, k))}:0.0f)"
                          for k in range(self.width))
-        read = f"({render_conditions(self._ends(per_lane))}?{read}:(float{self.width})({lanes}))"
+        read = f"({render_conditions(reads.ends(per_lane))}?{read}:(float{self.width})({lanes}))"
       return self.emit(FLOAT32, guard(read, f"((float{self.width})0.0f)"), True)
-    return self.emit(n.dtype, guard(self._scalar_read(n, offset), literal(0, n.dtype)))
-
-  def _texel(self, n: Node, t: Lin) -> str:
-    w = self.images[id(n)]
-    return f"read_imagef(data{self.args[id(n)]},weights_sampler,(int2)({(t % w).render()},{(t // w).render()}))"
-
-  def _scalar_read(self, n: Node, offset: Lin) -> str:
-    if id(n) in self.images:
-      lane, texel = offset % 4, self._texel(n, offset // 4)
-      return f"{texel}.s{lane.const}" if lane.is_const() else f"texel_lane({texel},{lane.render()})"
-    buf = f"data{self.args[id(n)]}"
-    if n.dtype.type is np.float16: return f"vload_half({offset.render()},{buf})"
-    return f"{buf}[{offset.render()}]"
-
-  def _vector_read(self, n: Node, offset: Lin) -> str:
-    """`width` lanes of n from offset: one vload for neighbouring elements, two overlapping ones for every other
-    element (stride-2 windows), a broadcast when the offset does not depend on the lane, else one read per lane."""
-    coef, rest = offset.split_var(self.lane)
-    if coef == 0: return f"((float{self.width})({self._scalar_read(n, offset)}))"
-    if coef is None: raise NotVectorizable("lane inside a division")
-    if coef not in (1, 2):   # lanes far apart: one read each
-      # not for lanes on the reduce axis: such gathers seldom pay, and Oclgrind 21.10 computes some of those kernels
-      # wrong where PoCL is right (a 1x1 conv over 16 + 24 concatenated channels, 3 output rows per work item)
-      if self.reduce_lanes: raise NotVectorizable("reduce lanes far apart")
-      self.extra += self.width - 1
-      return f"(float{self.width})({','.join(self._scalar_read(n, rest + coef * k) for k in range(self.width))})"
-    if id(n) in self.images:   # whole texels only: 4 or 8 lanes from a multiple of 4
-      if coef != 1 or self.width not in (4, 8) or not (rest % 4).is_const() or (rest % 4).const:
-        raise NotVectorizable("image lanes not aligned to texels")
-      reads = [self._texel(n, rest // 4 + i) for i in range(self.width // 4)]
-      return reads[0] if self.width == 4 else f"(float8)({reads[0]},{reads[1]})"
-    vload, w, at = ("vload_half" if n.dtype.type is np.float16 else "vload"), self.width, f"data{self.args[id(n)]}+{rest.render()}"
-    if coef == 2:   # two loads and a shuffle
-      self.extra += 2
-      return f"(float{w})({vload}{w}(0,{at}).even,{vload}{w}(0,{at}+{w - 1}).odd)"
-    return f"{vload}{w}(0,{at})"
-
-  def _by_lane(self, conds: tuple) -> tuple[tuple, tuple]:
-    """(conditions that hold for all lanes alike, conditions that depend on the lane)."""
-    per_lane = tuple(c for c in conds if c[0].uses(self.lane))
-    if any(j.split_var(self.lane)[0] is None for j, _ in per_lane): raise NotVectorizable("lane inside a division")
-    return tuple(c for c in conds if not c[0].uses(self.lane)), per_lane
-
-  def _at_lane(self, j: Lin, k: int) -> Lin:
-    coef, rest = j.split_var(self.lane)
-    return rest + coef * k
-
-  def _at(self, conds: tuple, k: int) -> tuple: return tuple((self._at_lane(j, k), size) for j, size in conds)
-
-  def _ends(self, conds: tuple) -> tuple:
-    """Conditions at the first and last lane: indices are linear in the lane, so both ends in range means all."""
-    return self._at(conds, 0) + self._at(conds, self.width - 1)
-
-  def _lane_mask(self, conds: tuple) -> str:
-    """An int vector, -1 in the lanes where every condition holds."""
-    lanes = f"(int{self.width})({','.join(map(str, range(self.width)))})"
-    parts = []
-    for j, size in conds:
-      coef, rest = j.split_var(self.lane)
-      jv = f"({rest.render()}+{lanes}*{coef})"
-      parts.append(f"({jv}>=0)&({jv}<{size})")
-    return "(" + "&".join(parts) + ")"
+    return self.emit(n.dtype, guard(self.reads.scalar(n, offset), literal(0, n.dtype)))
 
   def _pad(self, n: Node, idx: tuple, valid: tuple) -> str:
     conds, inner = [], []
@@ -290,13 +223,13 @@ class _Renderer:
       if lo < 0 or hi >= size: conds.append((j, size))
       inner.append(j)
     if not conds: return self.value(n.src[0], tuple(inner), valid)
-    free, per_lane = self._by_lane(tuple(conds))
+    free, per_lane = self.reads.by_lane(tuple(conds))
     v = self.value(n.src[0], tuple(inner), valid + tuple(conds))
     if per_lane:
       if n.dtype != np.float32: raise NotVectorizable(f"{n.dtype} padding lanes")
       # lanes in the padding zeroed by a bitwise and with the mask (Oclgrind 21.10 misreads select() in some loops)
       w = self.width
-      v = self.emit(n.dtype, f"as_float{w}(as_int{w}({self.as_vector(v)})&{self._lane_mask(per_lane)})", True)
+      v = self.emit(n.dtype, f"as_float{w}(as_int{w}({self.as_vector(v)})&{self.reads.lane_mask(per_lane)})", True)
     if not free: return v
     zero = f"((float{self.width})0.0f)" if self.is_vector(v) else literal(0, n.dtype)
     return self.emit(n.dtype, f"({render_conditions(free)}?{v}:{zero})", self.is_vector(v))
@@ -345,7 +278,7 @@ class _Renderer:
         trips *= count
       if self.reduce_lanes: loops[axes[-1]] = loops[axes[-1]] * self.width + Lin.of(self.lane)
       self.scopes, self.trips = [{}], trips
-      header, extra = len(self.lines), self.extra
+      header, extra = len(self.lines), self.reads.extra
       for values in itertools.product(*(range(src.shape[ax]) for ax in unrolled)):
         fixed = {**loops, **{ax: Lin.of(v) for ax, v in zip(unrolled, values)}}
         for _, idx, valid, acc in self.pending:
@@ -357,7 +290,7 @@ class _Renderer:
           elif acc in self.vectors: self.lines.append(f"{acc} = fmax({acc},{self.as_vector(v)});")
           else: self.lines.append(f"{acc} = ({v}>{acc}?{v}:{acc});")
           self.flops += self.trips * (self.width if acc in self.vectors or self.reduce_lanes else 1)
-      self.loop_statements += (len(self.lines) - header + self.extra - extra) * self.trips
+      self.loop_statements += (len(self.lines) - header + self.reads.extra - extra) * self.trips
       self.lines += ["}"] * len(loops)
     if self.reduce_lanes:
       self.lines += [f"float {acc} = " + "+".join(f"{sums[acc]}.s{i:x}" for i in range(self.width)) + ";"
