@@ -93,7 +93,7 @@ class Program:
     self._events: list[cl.Event | None] = [None] * len(self._launches)
     self._host_inputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
     self._host_outputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.outputs}
-    self._uploads = [(self._buffers[t.buffer], self._host_inputs[t.name]) for t in self.inputs]
+    self._uploads = [(t.name, self._buffers[t.buffer], self._host_inputs[t.name]) for t in self.inputs]
     self._downloads = [(self._host_outputs[t.name], self._buffers[t.buffer]) for t in self.outputs]
     self.execute()  # warm-up: machine code is generated at each kernel's first enqueue
 
@@ -178,13 +178,15 @@ class Program:
     a recurrent output) before each execute, in the same queue."""
     self._lookup(self._host_inputs, name, "input")
     buf = self.device_buffer(name)
-    self._uploads = [(b, host) for b, host in self._uploads if b is not buf]
+    self._uploads = [(n, b, host) for n, b, host in self._uploads if b is not buf]
 
-  def execute(self) -> None:
-    """One frame on the preallocated buffers: inputs in, every kernel, outputs out, one finish. Allocates no arrays."""
+  def execute(self, feeds: dict | None = None) -> None:
+    """One frame on the preallocated buffers: inputs in, every kernel, outputs out, one finish. Allocates no arrays.
+    `feeds` (checked by run): arrays copied to the device in place of the input host arrays (no copy in between)."""
     start = time.perf_counter() if DEBUG else 0.0
     queue = self.device.queue
-    for buf, host in self._uploads: cl.enqueue_copy(queue, buf, host, is_blocking=False)
+    for name, buf, host in self._uploads:
+      cl.enqueue_copy(queue, buf, host if feeds is None else feeds[name], is_blocking=False)
     for i, (kernel, global_size, local_size) in enumerate(self._launches):
       self._events[i] = cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
     for host, buf in self._downloads: cl.enqueue_copy(queue, host, buf, is_blocking=False)
@@ -207,23 +209,23 @@ class Program:
     if not isinstance(feeds, dict):
       if len(self.inputs) != 1: self._refuse(f"feeds must be a dict of {len(self.inputs)} inputs, not {type(feeds).__name__}")
       feeds = {self.inputs[0].name: feeds}
-    self._feed(feeds)
-    self.execute()
+    self.execute(self._checked(feeds))
     if len(args) == 1: return {name: host.copy() for name, host in self._host_outputs.items()}
     return [self.output_buffer(name).copy() for name in (args[0] or self._host_outputs)]
 
-  def _feed(self, feeds: dict) -> None:
-    """Copy `feeds` into the input host arrays: exactly the program's names, shapes and dtypes (no casts)."""
+  def _checked(self, feeds: dict) -> dict:
+    """`feeds` as C-contiguous arrays, when they are exactly the program's input names, shapes and dtypes (no casts)."""
     missing = [t.name for t in self.inputs if t.name not in feeds]
     extra = [name for name in feeds if name not in self._host_inputs]
     if missing or extra:
       self._refuse(", ".join(f"{what} inputs {names}" for what, names in (("missing", missing), ("unknown", extra))
                              if names))
+    checked = {}
     for t in self.inputs:
-      value = np.asarray(feeds[t.name])
+      value = checked[t.name] = np.ascontiguousarray(feeds[t.name])
       if value.shape != tuple(t.shape) or value.dtype != np.dtype(t.dtype):
         self._refuse(f"input {t.name!r} is {value.dtype}{list(value.shape)}")
-      np.copyto(self._host_inputs[t.name], value)
+    return checked
 
   # ---- time -----------------------------------------------------------------------------------------------------
 

@@ -56,6 +56,19 @@ def test_run_feeds(prog):
     check(out, x)
 
 
+def test_run_reads_feeds_as_they_are(prog):
+  """run() uploads a feed straight from the caller's array (a strided view too), and leaves the input host array
+  that execute() reads alone."""
+  wide = rng.standard_normal((1, 16), np.float32)
+  x = wide[:, ::2]
+  assert not x.flags.c_contiguous
+  check(prog.run({"x": x}), np.ascontiguousarray(x))
+  held = x_like()
+  prog.input_buffer("x")[:] = held
+  prog.run({"x": x_like()})
+  prog.execute()
+  check({name: prog.output_buffer(name) for name in ("y", "best")}, held)
+
 def test_run_onnxruntime_form(prog):
   x = x_like()
   best, y = prog.run(["best", "y"], {"x": x})
