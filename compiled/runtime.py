@@ -222,7 +222,7 @@ class Program:
                              if names))
     checked = {}
     for t in self.inputs:
-      value = checked[t.name] = np.ascontiguousarray(feeds[t.name])
+      value = checked[t.name] = np.asarray(feeds[t.name], order="C")   # keeps a 0-d array 0-d
       if value.shape != tuple(t.shape) or value.dtype != np.dtype(t.dtype):
         self._refuse(f"input {t.name!r} is {value.dtype}{list(value.shape)}")
     return checked
