@@ -180,9 +180,12 @@ class Program:
     buf = self.device_buffer(name)
     self._uploads = [(n, b, host) for n, b, host in self._uploads if b is not buf]
 
-  def execute(self, feeds: dict | None = None) -> None:
-    """One frame on the preallocated buffers: inputs in, every kernel, outputs out, one finish. Allocates no arrays.
-    `feeds` (checked by run): arrays copied to the device in place of the input host arrays (no copy in between)."""
+  def execute(self) -> None:
+    """One frame on the preallocated buffers: inputs in, every kernel, outputs out, one finish. Allocates no arrays."""
+    self._execute(None)
+
+  def _execute(self, feeds: dict | None) -> None:
+    """`feeds` (checked by run): arrays uploaded in place of the input host arrays (no copy in between)."""
     start = time.perf_counter() if DEBUG else 0.0
     queue = self.device.queue
     for name, buf, host in self._uploads:
@@ -209,7 +212,7 @@ class Program:
     if not isinstance(feeds, dict):
       if len(self.inputs) != 1: self._refuse(f"feeds must be a dict of {len(self.inputs)} inputs, not {type(feeds).__name__}")
       feeds = {self.inputs[0].name: feeds}
-    self.execute(self._checked(feeds))
+    self._execute(self._checked(feeds))
     if len(args) == 1: return {name: host.copy() for name, host in self._host_outputs.items()}
     return [self.output_buffer(name).copy() for name in (args[0] or self._host_outputs)]
 
