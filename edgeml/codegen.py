@@ -388,13 +388,37 @@ def render_conditions(conds: tuple) -> str:
 
 def view_index(n: Node, idx: tuple) -> tuple:
   """Index into the VIEW's source for index `idx` of the view."""
-  return _view_index(n.src[0].shape, *n.arg, idx)
+  return _view_index(n.src[0].shape, n.shape, *n.arg, idx)
 
 
 @functools.lru_cache(maxsize=1 << 18)
-def _view_index(src_shape: tuple, strides: tuple, offset: int, idx: tuple) -> tuple:
+def _view_index(src_shape: tuple, shape: tuple, strides: tuple, offset: int, idx: tuple) -> tuple:
+  src_strides = contiguous_strides(src_shape)
+  axes = _axis_parts(src_shape, shape, strides, offset)
+  if axes is not None:   # no carry between source axes: each index is a sum of view indices (see _axis_parts)
+    return tuple(Lin.combine([(idx[k], m) for k, m in parts], start) for parts, start in axes)
   linear = Lin.combine(zip(idx, strides), offset)
-  return tuple(Lin() if size == 1 else (linear // st) % size for size, st in zip(src_shape, contiguous_strides(src_shape)))
+  return tuple(Lin() if size == 1 else (linear // st) % size for size, st in zip(src_shape, src_strides))
+
+
+def _axis_parts(src_shape: tuple, shape: tuple, strides: tuple, offset: int) -> list | None:
+  """Per source axis ([(view axis, multiplier)], start) when every view axis steps along one source axis and no sum
+  of them can carry into the next source axis (reshapes that add or drop axes of length 1, permutes, sliding
+  windows): then the source index is that sum, exactly as the flat offset's digits for every index in range, and
+  free of the division and modulo that keep an index which padding takes out of range (a read it guards anyway)."""
+  src_strides = contiguous_strides(src_shape)
+  parts, starts = [[] for _ in src_shape], []
+  for size, st in zip(src_shape, src_strides):   # the offset's digit along each axis
+    starts.append(offset // st % size if st else 0)
+  if sum(d * st for d, st in zip(starts, src_strides)) != offset: return None
+  for k, (size, st) in enumerate(zip(shape, strides)):
+    if size == 1 or st == 0: continue
+    m = next((m for m, (n, s) in enumerate(zip(src_shape, src_strides)) if s and st % s == 0 and st // s < n), None)
+    if m is None: return None
+    parts[m].append((k, st // src_strides[m]))
+  for m, n in enumerate(src_shape):
+    if starts[m] + sum((shape[k] - 1) * c for k, c in parts[m]) >= n: return None
+  return list(zip(parts, starts))
 
 
 def kernel_name(item: ScheduleItem) -> str:

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pyopencl as cl
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from edgeml.codegen import LONG_PRELUDE, PRELUDE
 from edgeml.symbolic import Lin, Var, INT_MIN, INT_MAX
 
@@ -180,8 +180,69 @@ def test_view_index_cache_keeps_bounds_apart():
   from edgeml.codegen import _view_index
   short, wide = Lin.of(Var("gx", 0, 15)), Lin.of(Var("gx", 0, 63))
   for gx in (short, wide):
-    row, col = _view_index((4, 4), (1,), 0, (gx,))
+    row, col = _view_index((4, 4), (16,), (1,), 0, (gx,))
     hi = gx.bounds()[1]
     for value in (0, 5, hi):
       assert evaluate_c(row.render(), {"gx": value}) == (value // 4) % 4, (gx, row.render())
       assert evaluate_c(col.render(), {"gx": value}) == value % 4
+
+
+@st.composite
+def _views(draw):
+  """(source shape, view shape, strides, offset) of the views the tensors make: reshapes (merging and splitting axes,
+  adding or dropping axes of length 1), permutes, slices and sliding windows with strides and dilations."""
+  n = draw(st.integers(1, 3))
+  src = tuple(draw(st.lists(st.integers(1, 7), min_size=n, max_size=n)))
+  if draw(st.booleans()):   # a reshape: the elements in order, split into other axes
+    size, shape = int(np.prod(src)), []
+    while size > 1:
+      shape.append(draw(st.sampled_from([d for d in range(2, size + 1) if size % d == 0])))
+      size //= shape[-1]
+    return src, tuple(shape), tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape))), 0
+  strides = [int(np.prod(src[i + 1:])) for i in range(n)]
+  shape, view_strides, offset = [], [], 0
+  for size, stride in zip(src, strides):
+    kernel = draw(st.integers(1, size))
+    dilation = draw(st.integers(1, (size - 1) // (kernel - 1))) if kernel > 1 else 1
+    span = dilation * (kernel - 1) + 1
+    step = draw(st.integers(1, 3))
+    start = draw(st.integers(0, size - span))
+    outs = (size - start - span) // step + 1
+    offset += start * stride
+    shape += [outs, kernel]
+    view_strides += [step * stride, dilation * stride]
+  order = draw(st.permutations(range(len(shape))))
+  ones = draw(st.lists(st.integers(0, len(shape)), max_size=2))   # axes of length 1 put in
+  shape, view_strides = [shape[i] for i in order], [view_strides[i] for i in order]
+  for at in ones: shape.insert(at, 1); view_strides.insert(at, 0)
+  return src, tuple(shape), tuple(view_strides), offset
+
+
+@given(_views())
+@example(((2, 3), (6,), (1,), 0)).via("merged axes carry")
+@example(((2, 3, 4), (6, 4), (4, 1), 0)).via("merged axes carry")
+@example(((6,), (2, 3), (3, 1), 0)).via("a split axis")
+@settings(max_examples=200, deadline=None)
+def test_view_index_matches_the_view_elementwise(view):
+  """Every index of a view maps to the source element numpy's strided view of the same strides reads, whether the
+  index is derived axis by axis (windows, permutes) or through the flat offset."""
+  from edgeml.codegen import _view_index
+  src, shape, strides, offset = view
+  data = np.arange(int(np.prod(src))).reshape(src)
+  want = np.lib.stride_tricks.as_strided(data.reshape(-1)[offset:], shape, [s * data.itemsize for s in strides])
+  names = [f"i{k}" for k in range(len(shape))]
+  idx = tuple(Lin.of(Var(name, 0, size - 1)) for name, size in zip(names, shape))
+  src_idx = _view_index(src, shape, strides, offset, idx)
+  for at in itertools.islice(np.ndindex(*shape), 64):
+    env = dict(zip(names, at))
+    got = tuple(evaluate_c(i.render(), env) for i in src_idx)
+    assert data[got] == want[at], (view, at, [i.render() for i in src_idx])
+
+
+def test_padded_window_index_has_no_division():
+  """A sliding window read through padding (index i - 1 can be -1 or past the end, where the read is guarded) steps
+  along its source axis directly: no division or modulo, which would keep a pool's vector lanes from loading."""
+  from edgeml.codegen import _view_index
+  i, k = Lin.of(Var("i", 0, 81)) - 1, Lin.of(Var("k", 0, 1))
+  row, col = _view_index((4, 160), (4, 80, 2), (160, 2, 1), 0, (Lin(), i, k))
+  assert col.render() == (i * 2 + k).render() and "/" not in col.render() and "%" not in col.render()
