@@ -3,7 +3,8 @@
 Fusion rules:
 - elementwise ops and movement ops fuse into whatever kernel reads them (recomputed, never copied);
 - a reduce and the elementwise ops and reshapes above it, up to the last node where all their paths meet, form one
-  kernel whose output is that node (`_realize_points`): bias, activation, x * sigmoid(x) all fuse;
+  kernel whose output is that node (`_realize_points`): bias, activation, x * sigmoid(x) all fuse; when that node
+  is only zero-padded and copied (a conv's padded input after a pool), the kernel writes the padded buffer itself;
 - one reduce per kernel: a second one met while building a kernel gets its own buffer;
 - costly elementwise math that a reduce reads through a broadcast or overlapping windows (so it would be redone for
   every read) gets its own buffer;
@@ -85,6 +86,17 @@ def _merge_above(n: Node, parents: dict, points: set, limit: int = 24) -> Node |
   return None
 
 
+def _padded_copy(n: Node, parents: dict) -> Node | None:
+  """The zero-padding of `n` when that is `n`'s only reader and is only copied (a conv's prepadded input): the kernel
+  computing `n` then writes the padded buffer itself, border included, and no copy is needed."""
+  above = parents.get(id(n), [])
+  if len(above) != 1 or above[0].op is not Op.PAD: return None
+  pad = above[0]
+  readers = parents.get(id(pad), [])
+  if not readers or any(r.op is not Op.CONTIGUOUS for r in readers) or pad.size > 4 * n.size: return None
+  return pad
+
+
 def _reaches(n: Node, region: set, depth: int = 12) -> bool:
   """Whether `n` reads (through up to `depth` unrealized nodes) any node in `region`."""
   if id(n) in region: return True
@@ -104,6 +116,7 @@ def _realize_points(outputs, parents) -> set:
     if n.op in REDUCE:
       top = n
       while id(top) not in points and (above := _merge_above(top, parents, points)) is not None: top = above
+      if id(top) not in points: top = _padded_copy(top, parents) or top
       points.add(id(top))
   return points
 

@@ -113,6 +113,25 @@ def test_conv_with_many_taps_reads_a_padded_copy():
 
 
 
+def test_pool_writes_the_next_convs_padded_input():
+  """A 2x2 max pool feeding a 3x3 conv that reads a padded copy: the pool's kernel writes the padded buffer itself,
+  zero border included (no separate copy), in vector lanes; pool then conv match numpy, border rows and columns too."""
+  from compiled.targets import TARGETS
+  from edgeml.codegen import render
+  xs, w = rng(1, 8, 16, 20), rng(16, 8, 3, 3, seed=1)
+  x = Tensor(xs)
+  out = x.relu().max_pool2d(2).conv2d(Tensor(w), padding=1)
+  items = schedule([out.node])
+  assert input_kernels(out, x) == 2, [it.out for it in items]
+  pool = next(it for it in items if it.loads == [x.node])
+  assert pool.out.op is Op.PAD and pool.out.shape[2:] == (10, 16)   # 8 + 2 rows; 10 + 2 columns, up to 8 lanes
+  assert "float8" in render(pool, target=TARGETS["pocl"]).source
+  pooled = np.maximum(xs, 0).reshape(1, 8, 8, 2, 10, 2).max((3, 5)).astype(np.float64)
+  xp = np.pad(pooled, ((0, 0), (0, 0), (1, 1), (1, 1)))
+  want = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + 8, j:j + 10], w[:, :, i, j]) for i in range(3) for j in range(3))
+  np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_output_channels_are_padded_to_the_block():
   """A 1x1 conv to 27 channels (a detection head) computes 32, the 5 extra from zero weights, in blocks of 8
   channels; the result is cropped to 27 and matches numpy."""
