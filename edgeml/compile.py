@@ -16,7 +16,7 @@ from compiled.targets import TARGETS, Target
 from edgeml.candidates import Recorder
 from edgeml.codegen import kernel_name, program_source, render
 from edgeml.host_eval import fold, host_data
-from edgeml.lazy import Node
+from edgeml.lazy import Node, contiguous_strides
 from edgeml.memplan import Interval, plan_arena, liveness_lower_bound
 from edgeml.ops import Op
 from edgeml.schedule import schedule
@@ -36,10 +36,14 @@ def _is_placeholder(n: Node) -> bool:
 
 
 def _output_nodes(outputs: dict) -> list[Node]:
-  """Each output computed by a kernel into a buffer of its own."""
+  """Each output computed by a kernel into a buffer of its own. An output that reshapes a CONTIGUOUS (a recurrent
+  state) is that node: the kernel computing it writes the output buffer (same elements in the same order), and
+  nothing copies it there."""
   nodes = []
   for t in outputs.values():
     n = t.node
+    while n.op is Op.VIEW and n.size == n.src[0].size and n.arg == (contiguous_strides(n.shape), 0): n = n.src[0]
+    if n.op is not Op.CONTIGUOUS or n.src[0].op is Op.BUFFER: n = t.node
     if n.op is Op.BUFFER or any(n is m for m in nodes): n = Node(Op.CONTIGUOUS, (n,), None, n.shape, n.dtype)
     nodes.append(n)
   return nodes
@@ -149,7 +153,7 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
     return buffer_of[id(node)]
 
   in_specs = [TensorSpec(name, t.shape, t.dtype.name, add(t.node, "input")) for name, t in inputs.items()]
-  out_specs = [TensorSpec(name, n.shape, n.dtype.name, add(n, "output")) for name, n in zip(outputs, out_nodes)]
+  out_specs = [TensorSpec(name, outputs[name].shape, n.dtype.name, add(n, "output")) for name, n in zip(outputs, out_nodes)]
 
   blob, images = bytearray(), {}   # images: id(weights node) -> width in texels
   for it in items:

@@ -67,6 +67,25 @@ def test_input_passed_straight_through_gets_its_own_output_buffer(tmp_path):
   np.testing.assert_array_equal(got["double"], np.arange(4) * 2)
 
 
+
+def test_output_reshaping_a_contiguous_is_written_by_its_kernel(tmp_path):
+  """A recurrent state (a CONTIGUOUS, then reshaped to the output's shape, and read by another output) is written
+  into the output buffer by the kernel computing it: no copy kernel; a second output naming the same state gets its
+  own buffer; the values match numpy."""
+  x, h = placeholder("x", (1, 6)), placeholder("h", (1, 6))
+  state = (x * 0.5 + h.tanh()).contiguous()
+  outs = {"state_out": state.reshape(6), "next": (state * 2).sum(1), "again": state.reshape(2, 3)}
+  result = compile_graph({"x": x, "h": h}, outs)
+  assert len(result.spec.kernels) == 3, [k.name for k in result.spec.kernels]   # state, next, a copy for "again"
+  assert [t.shape for t in result.spec.outputs] == [(6,), (1,), (2, 3)]
+  write_artifact(result.spec, tmp_path / "s.edgeml")
+  xv, hv = np.arange(6, dtype=np.float32).reshape(1, 6), np.linspace(-1, 1, 6, dtype=np.float32).reshape(1, 6)
+  got = compiled.load(tmp_path / "s.edgeml").run({"x": xv, "h": hv})
+  want = xv * 0.5 + np.tanh(hv)
+  np.testing.assert_allclose(got["state_out"], want.reshape(6), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got["again"], want.reshape(2, 3), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got["next"], (want * 2).sum(1), rtol=1e-5)
+
 def test_placeholder_cannot_run_eagerly():
   with pytest.raises(ValueError, match="placeholder"):
     (placeholder("x", (2,)) + 1).numpy()
