@@ -132,6 +132,16 @@ def test_pool_writes_the_next_convs_padded_input():
   np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
 
 
+def test_conv_does_not_write_the_next_convs_padded_input():
+  """A conv before a conv that reads a padded copy computes only its own outputs (computing the border too made
+  yolov8n's stem 2x slower): the padded copy is a kernel of its own."""
+  x = Tensor(rng(1, 8, 16, 16))
+  out = x.conv2d(Tensor(rng(16, 8, 3, 3, seed=1)), padding=1).relu().conv2d(Tensor(rng(16, 16, 3, 3, seed=2)), padding=1)
+  shapes = [it.out.shape for it in schedule([out.node]) if len(it.loads) == 2]   # the convs: input and weights
+  assert shapes == [(1, 16, 16, 16)] * 2, shapes
+  assert input_kernels(out, x) == 4   # x's padded copy, conv, its padded copy, conv
+
+
 def test_conv_output_channels_are_padded_to_the_block():
   """A 1x1 conv to 27 channels (a detection head) computes 32, the 5 extra from zero weights, in blocks of 8
   channels; the result is cropped to 27 and matches numpy."""
