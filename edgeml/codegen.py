@@ -135,8 +135,11 @@ class _Renderer:
   in OpenCL vector types: values that do not depend on the lane stay scalar and broadcast; how loads are read
   (vloadN, gathers, image texels) is edgeml/reads.py's."""
   def __init__(self, item: ScheduleItem, width: int = 1, reduce_lanes: bool = False, images: dict | None = None,
-               group: int = 1):
+               group: int = 1, inside: bool = False):
     self.item, self.width, self.reduce_lanes, self.group = item, width, reduce_lanes, group
+    self.inside = inside                # render as if every padding condition held (a work item inside the borders)
+    self.borders: set = set()          # the padding conditions met: (index, size), index in [0, size)
+    self.loop_vars: list = []          # the reduce loop's variables
     self.reads = Reads(item, width, reduce_lanes, images)
     self.images, self.args, self.lane = self.reads.images, self.reads.args, self.reads.lane
     self.vectors: set[str] = set()     # names of values that are vectors
@@ -222,8 +225,9 @@ class _Renderer:
       if hi < 0 or lo >= size: return literal(0, n.dtype)   # entirely in the padding
       if lo < 0 or hi >= size: conds.append((j, size))
       inner.append(j)
-    if not conds: return self.value(n.src[0], tuple(inner), valid)
+    if not conds or self.inside: return self.value(n.src[0], tuple(inner), valid)
     free, per_lane = self.reads.by_lane(tuple(conds))
+    self.borders.update(free + self.reads.ends(per_lane))
     v = self.value(n.src[0], tuple(inner), valid + tuple(conds))
     if per_lane:
       if n.dtype != np.float32: raise NotVectorizable(f"{n.dtype} padding lanes")
@@ -274,6 +278,7 @@ class _Renderer:
         steps = src.shape[ax] // self.width if self.reduce_lanes and ax == axes[-1] else src.shape[ax]
         first, count = (lo, hi - lo + 1) if ax == split else (0, steps)
         loops[ax] = Lin.of(Var(f"r{ax}", 0, count - 1)) + first   # loops from 0 (the loader reads those)
+        self.loop_vars.append(loops[ax].terms[0][0])
         self.lines.append(f"for (int r{ax} = 0; r{ax} < {count}; r{ax}++) {{")
         trips *= count
       if self.reduce_lanes: loops[axes[-1]] = loops[axes[-1]] * self.width + Lin.of(self.lane)
@@ -520,13 +525,13 @@ def _render(item: ScheduleItem, shape: KernelShape, name: str, images: dict | No
   return _finish(item, shape, name, _begin(item, shape, images))
 
 
-def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
+def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None, inside: bool = False):
   """Everything of `shape`'s kernel but the reduce loop: (renderer, launch grid, lines after the loop, stores). An
   elementwise kernel over a concatenation along its innermost launch axis gets one branch per part (concat_segments),
   in which the bounds of gx drop the other parts' conditions."""
   out, tiles, width, reduce_lanes = item.out, shape.tiles, shape.width, shape.reduce_lanes
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
-  r = _Renderer(item, width, reduce_lanes, images, shape.group)
+  r = _Renderer(item, width, reduce_lanes, images, shape.group, inside)
   lane_axis = shape.lanes_on(out.shape)
   segments = [None]
   if shape.flat or shape.group > 1:   # one launch dimension over the whole grid
@@ -570,9 +575,10 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
 
   whole = Lin.of(Var("gx", 0, nx - 1))
   if segments == [None]:
-    lines = stores(whole, [r.value(out, tuple(idx), ()) for idx in indices(whole)])
-    if shape.group > 1: lines = ["if (lid == 0) {"] + lines + ["}"]   # every work item reached the barriers
-    return r, (nx, ny), r.lines, lines
+    values = [r.value(out, tuple(idx), ()) for idx in indices(whole)]
+    if shape.group > 1:   # every work item reached the barriers; one stores
+      return r, (nx, ny), r.lines, ["if (lid == 0) {"] + stores(whole, values) + ["}"], None
+    return r, (nx, ny), r.lines, stores(whole, values), (values, lambda names: stores(whole, names))
   # one branch per part computes each output value into o0, o1, ...; the stores follow, for every work item alike
   kind = f"float{width}" if lanes else r.compute_type(out.dtype)
   names = [f"o{k}" for k in range(len(indices(whole)))]
@@ -588,7 +594,7 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None):
     lines += [f"{opening} (gx < {last + 1}) {{" if i < len(segments) - 1 else opening] + r.lines
     lines += [f"{name} = {r.as_vector(v) if lanes else v};" for name, v in zip(names, values)]
   r.flops = round(flops)
-  return r, (nx, ny), [], lines + ["}"] + stores(whole, names)
+  return r, (nx, ny), [], lines + ["}"] + stores(whole, names), None
 
 
 def _tile_indices(at: list, scalar_tiles: dict) -> list[list]:
@@ -602,9 +608,38 @@ def _tile_indices(at: list, scalar_tiles: dict) -> list[list]:
 
 
 def _finish(item: ScheduleItem, shape: KernelShape, name: str, begun) -> tuple[_Renderer, Kernel]:
-  """The reduce loop of a begun render, and the kernel."""
-  r, grid, post, stores = begun
-  return r, _kernel(item, r, shape, grid, r.reduce_loop() + post + stores, name)
+  """The reduce loop of a begun render, and the kernel. A kernel that reads across padding, where every padding
+  condition depends on the work item alone (not on a reduce loop), gets a branch without them for the work items
+  inside the borders (most of them): `if (inside) { no conditions } else { every condition }`."""
+  r, grid, post, stores, outputs = begun
+  lines = r.reduce_loop() + post
+  borders = sorted(r.borders, key=lambda c: (c[0].render(), c[1]))
+  if not _can_hold(borders) or outputs is None or any(j.uses(v) for j, _ in borders for v in r.loop_vars):
+    return r, _kernel(item, r, shape, grid, lines + stores, name)
+  # each branch computes the outputs into o0, o1, ...; the stores follow, once
+  fast, _, fast_post, _, (fast_values, _) = _begin(item, shape, r.images, inside=True)
+  fast_lines = fast.reduce_loop() + fast_post
+  r.loop_statements = fast.loop_statements
+  values, store = outputs
+  lanes = shape.width > 1 and not shape.reduce_lanes
+  names = [f"o{k}" for k in range(len(values))]
+  if lanes: r.vectors.update(names)
+  kind = f"float{shape.width}" if lanes else r.compute_type(item.out.dtype)
+  assign = lambda vals: [f"{o} = {r.as_vector(v) if lanes else v};" for o, v in zip(names, vals)]
+  lines = ([f"{kind} {o};" for o in names] + [f"if {render_conditions(tuple(borders))} {{"] + fast_lines +
+           assign(fast_values) + ["} else {"] + lines + assign(values) + ["}"] + store(names))
+  return r, _kernel(item, r, shape, grid, lines, name)
+
+
+def _can_hold(conds: list) -> bool:
+  """Whether the conditions `0 <= j < size` can all hold at once (not two parts of a concatenation): for each index
+  less its constant, the ranges they allow overlap."""
+  ranges = {}
+  for j, size in conds:
+    base = Lin(j.terms, 0)
+    lo, hi = ranges.get(base, base.bounds())
+    ranges[base] = max(lo, -j.const), min(hi, size - 1 - j.const)
+  return bool(conds) and all(lo <= hi for lo, hi in ranges.values())
 
 
 def _kernel(item: ScheduleItem, r: _Renderer, shape: KernelShape, grid: tuple, lines: list, name: str) -> Kernel:

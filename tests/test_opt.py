@@ -117,6 +117,36 @@ def test_every_shape_of_a_conv_computes_it(cin_g, cout_g, groups, depthwise, h, 
     np.testing.assert_allclose(run(kernel).reshape(want.shape), want, rtol=1e-4, atol=1e-4, err_msg=kernel.source[:200])
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_padded_conv_branches_for_work_items_inside_the_borders(stride):
+  """A depthwise 3x3 conv over a padded 16x24 map: work items whose every read is inside the map take a branch with
+  no border conditions (plain vector loads), the others check every read; every shape computes the conv, borders
+  included, against numpy."""
+  x = rng.standard_normal((1, 16, 16, 24)).astype(np.float32)
+  wt = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
+  t = Tensor(x).conv2d(Tensor(wt), stride=stride, padding=1, groups=16)
+  want = conv_ref(x, wt, stride, 1, 16)
+  item = last_item(t)
+  kernels = []
+  for shape in cpu_shapes(item)[:6]:
+    try: kernels.append(render_shape(item, shape))
+    except NotVectorizable: pass
+  assert all(" else {" in k.source for k in kernels)
+  fast = render(item, target=TARGETS["pocl"]).source.split(" else {")[0]
+  assert "if ((" in fast and "?" not in fast.split("if ((")[1], fast   # the inside branch: no condition per read
+  for kernel in kernels:
+    np.testing.assert_allclose(run(kernel).reshape(want.shape), want, rtol=1e-4, atol=1e-4, err_msg=kernel.source[:300])
+
+
+def test_a_concatenation_has_no_inside_branch():
+  """Concatenating along an outer axis (rows, not the columns in vector lanes): the parts' conditions exclude each
+  other, so there is no branch where all of them hold."""
+  a = rng.standard_normal((6, 16)).astype(np.float32)
+  t = Tensor(a).cat(Tensor(a[:3]).exp(), axis=0)
+  source = render(last_item(t), target=TARGETS["pocl"]).source
+  assert "?" in source and " else {" not in source, source
+  np.testing.assert_allclose(t.numpy(), np.concatenate([a, np.exp(a[:3])]), rtol=1e-6)
+
 def test_a_reduce_over_a_concatenation_loops_over_each_part():
   """A 1x1 conv over channels concatenated from three tensors (8, 8 and 5 channels): the channel loop is split at the
   parts' boundaries, and no loop reads a part under a per-step condition."""
