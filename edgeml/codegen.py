@@ -1,8 +1,9 @@
 """OpenCL C code generation: one ScheduleItem becomes one kernel.
 
 The fused graph is rendered from the output down: every value becomes a local variable (shared subexpressions are
-rendered once per scope), movement ops turn into index expressions, padding into validity conditions, and a fused
-reduce into one loop nest shared by every output of the work item, or split across a work-group (grouped reduce).
+rendered once per scope), movement ops turn into index expressions, padding into validity conditions (with a branch
+free of them for the work items inside the borders, `_finish`), and a fused reduce into one loop nest shared by every
+output of the work item, or split across a work-group (grouped reduce).
 The shape a kernel takes (tiles, vector lanes, grouped reduce, work-group size) is decided in edgeml/opt.py; this
 module prints a given KernelShape (`render_shape`), and `render` keeps, of the shapes opt proposes, the one with the
 fewest statements per output, or the one a chooser (the tuner) picks.
@@ -526,9 +527,10 @@ def _render(item: ScheduleItem, shape: KernelShape, name: str, images: dict | No
 
 
 def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None, inside: bool = False):
-  """Everything of `shape`'s kernel but the reduce loop: (renderer, launch grid, lines after the loop, stores). An
+  """Everything of `shape`'s kernel but the reduce loop: (renderer, launch grid, lines after the loop, stores, and
+  (output values, a function storing the values named) where the stores may follow a branch, else None). An
   elementwise kernel over a concatenation along its innermost launch axis gets one branch per part (concat_segments),
-  in which the bounds of gx drop the other parts' conditions."""
+  in which the bounds of gx drop the other parts' conditions. `inside`: render as if every padding condition held."""
   out, tiles, width, reduce_lanes = item.out, shape.tiles, shape.width, shape.reduce_lanes
   grid = tuple(s // tiles.get(a, 1) for a, s in enumerate(out.shape))
   r = _Renderer(item, width, reduce_lanes, images, shape.group, inside)
