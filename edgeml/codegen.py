@@ -399,12 +399,11 @@ def view_index(n: Node, idx: tuple) -> tuple:
 
 @functools.lru_cache(maxsize=1 << 18)
 def _view_index(src_shape: tuple, shape: tuple, strides: tuple, offset: int, idx: tuple) -> tuple:
-  src_strides = contiguous_strides(src_shape)
   axes = _axis_parts(src_shape, shape, strides, offset)
   if axes is not None:   # no carry between source axes: each index is a sum of view indices (see _axis_parts)
     return tuple(Lin.combine([(idx[k], m) for k, m in parts], start) for parts, start in axes)
   linear = Lin.combine(zip(idx, strides), offset)
-  return tuple(Lin() if size == 1 else (linear // st) % size for size, st in zip(src_shape, src_strides))
+  return tuple(Lin() if size == 1 else (linear // st) % size for size, st in zip(src_shape, contiguous_strides(src_shape)))
 
 
 def _axis_parts(src_shape: tuple, shape: tuple, strides: tuple, offset: int) -> list | None:
