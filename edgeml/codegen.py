@@ -581,10 +581,7 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None, inside: 
       return r, (nx, ny), r.lines, ["if (lid == 0) {"] + stores(whole, values) + ["}"], None
     return r, (nx, ny), r.lines, stores(whole, values), (values, lambda names: stores(whole, names))
   # one branch per part computes each output value into o0, o1, ...; the stores follow, for every work item alike
-  kind = f"float{width}" if lanes else r.compute_type(out.dtype)
-  names = [f"o{k}" for k in range(len(indices(whole)))]
-  if lanes: r.vectors.update(names)
-  lines = [f"{kind} {name};" for name in names]
+  lines, names, assign = _branch_outputs(r, len(indices(whole)), lanes, out.dtype)
   flops = r.flops
   for i, (first, last) in enumerate(segments):
     r.lines, r.scopes, before = [], [{}], r.flops
@@ -592,8 +589,7 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None, inside: 
     flops += (r.flops - before) * (last - first + 1) / nx   # only this branch's work items do its arithmetic
     r.flops = before
     opening = "if" if i == 0 else "} else if" if i < len(segments) - 1 else "} else {"
-    lines += [f"{opening} (gx < {last + 1}) {{" if i < len(segments) - 1 else opening] + r.lines
-    lines += [f"{name} = {r.as_vector(v) if lanes else v};" for name, v in zip(names, values)]
+    lines += [f"{opening} (gx < {last + 1}) {{" if i < len(segments) - 1 else opening] + r.lines + assign(values)
   r.flops = round(flops)
   return r, (nx, ny), [], lines + ["}"] + stores(whole, names), None
 
@@ -622,14 +618,20 @@ def _finish(item: ScheduleItem, shape: KernelShape, name: str, begun) -> tuple[_
   fast_lines = fast.reduce_loop() + fast_post
   r.loop_statements = fast.loop_statements
   values, store = outputs
-  lanes = shape.width > 1 and not shape.reduce_lanes
-  names = [f"o{k}" for k in range(len(values))]
-  if lanes: r.vectors.update(names)
-  kind = f"float{shape.width}" if lanes else r.compute_type(item.out.dtype)
-  assign = lambda vals: [f"{o} = {r.as_vector(v) if lanes else v};" for o, v in zip(names, vals)]
-  lines = ([f"{kind} {o};" for o in names] + [f"if {render_conditions(tuple(borders))} {{"] + fast_lines +
-           assign(fast_values) + ["} else {"] + lines + assign(values) + ["}"] + store(names))
+  decls, names, assign = _branch_outputs(r, len(values), shape.width > 1 and not shape.reduce_lanes, item.out.dtype)
+  lines = (decls + [f"if {render_conditions(tuple(borders))} {{"] + fast_lines + assign(fast_values) + ["} else {"] +
+           lines + assign(values) + ["}"] + store(names))
   return r, _kernel(item, r, shape, grid, lines, name)
+
+
+def _branch_outputs(r: _Renderer, count: int, lanes: bool, dtype) -> tuple[list, list, object]:
+  """Variables o0, o1, ... to which each branch of a kernel assigns its outputs, for the stores after the branches:
+  (their declarations, their names, values -> the assignments)."""
+  names = [f"o{k}" for k in range(count)]
+  if lanes: r.vectors.update(names)
+  kind = f"float{r.width}" if lanes else r.compute_type(dtype)
+  assign = lambda values: [f"{o} = {r.as_vector(v) if lanes else v};" for o, v in zip(names, values)]
+  return [f"{kind} {o};" for o in names], names, assign
 
 
 def _can_hold(conds: list) -> bool:
