@@ -48,6 +48,10 @@ struct Buffer {
   imageFormat @3 :ImageFormat;
   imageWidth @4 :UInt16;      # texels per row
   imageHeight @5 :UInt16;     # rows
+  # arena only (format 2): an activation stored in planes of planeBytes, each planePitch bytes after the one before
+  # (its channel planes padded apart); both 0: the elements one after another
+  planeBytes @6 :UInt32;
+  planePitch @7 :UInt32;
 
   enum Kind {
     arena @0;

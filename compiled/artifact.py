@@ -28,7 +28,7 @@ import capnp
 import numpy as np
 
 MAGIC = b"EDGEML\0\1"  # fixed forever; the format version is the field after it
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arena buffers may be stored in planes (BufferSpec.plane_bytes); 1 is read too
 PREFIX = struct.Struct("<8sIQQ")  # magic, format version, header length, weights length
 BLOB_ALIGN = 64
 DIGEST = 32
@@ -69,11 +69,28 @@ class BufferSpec:
   image_format: str = ""  # 'float32' (CL_FLOAT) | 'float16' (CL_HALF_FLOAT)
   image_width: int = 0
   image_height: int = 0
+  # kind 'arena' only: an activation stored in planes of plane_bytes, each plane_pitch bytes after the one before
+  # (channel planes padded apart, edgeml/schedule.py plane_pitched); 0 and 0: its elements one after another
+  plane_bytes: int = 0
+  plane_pitch: int = 0
 
   @property
   def pitch(self) -> int:
     """Bytes per image row (0 for other kinds)."""
     return self.nbytes // self.image_height if self.kind == "image" and self.image_height else 0
+
+  def stored(self, indices: np.ndarray, element_bytes: int) -> np.ndarray | None:
+    """The elements at buffer `indices` numbered one after another, planes without their padding; None when some
+    index lies in the padding between planes."""
+    if not self.plane_pitch: return indices
+    plane, pitch = self.plane_bytes // element_bytes, self.plane_pitch // element_bytes
+    planes, within = np.divmod(indices, pitch)
+    return None if (within >= plane).any() else planes * plane + within
+
+  def elements(self, element_bytes: int) -> int:
+    """How many elements of `element_bytes` the buffer holds (planes without their padding)."""
+    if not self.plane_pitch: return self.nbytes // element_bytes
+    return (1 + (self.nbytes - self.plane_bytes) // self.plane_pitch) * self.plane_bytes // element_bytes
 
 
 @dataclass
@@ -187,6 +204,10 @@ def validate(spec: ProgramSpec, where: str = "spec", max_tensor_bytes: int | Non
         fail(f"image buffer {i}: {b.nbytes} bytes in {b.image_height} rows of {b.image_width} {b.image_format} texels "
              f"is not a row pitch that is a multiple of {IMAGE_PITCH_ALIGN} bytes and holds a row")
     elif b.image_format or b.image_width or b.image_height: fail(f"buffer {i} ({b.kind}) has image fields")
+    if b.plane_bytes or b.plane_pitch:
+      if not (b.kind == "arena" and _is_int(b.plane_bytes) and _is_int(b.plane_pitch) and 0 < b.plane_bytes <= b.plane_pitch
+              and b.nbytes >= b.plane_bytes and (b.nbytes - b.plane_bytes) % b.plane_pitch == 0):
+        fail(f"buffer {i} ({b.kind}): {b.nbytes} bytes are not planes of {b.plane_bytes} bytes every {b.plane_pitch} bytes")
   arena_end = max((b.offset + b.nbytes for b in spec.buffers if b.kind == "arena"), default=0)
   if spec.arena_size > -(-arena_end // spec.align) * spec.align:
     fail(f"arena_size {spec.arena_size} is more than its buffers use ({arena_end} bytes, rounded up to align {spec.align})")
@@ -396,8 +417,10 @@ def _validate_launch(spec: ProgramSpec, k: KernelSpec, decl, out: int, what: str
     if any(gs % ls for gs, ls in zip(g, loc)): fail(f"{what} local size {list(loc)} does not divide global size {list(g)}")
   if decl.reqd_local is not None and (loc or ()) + (1,) * (3 - len(loc or ())) != decl.reqd_local:
     fail(f"{what} local size {list(loc or [])} is not the work-group size {list(decl.reqd_local)} the source requires")
-  p = decl.params[decl.output]
-  elements = spec.buffers[out].nbytes // ELEMENT_BYTES[p.ctype]
+  p, b = decl.params[decl.output], spec.buffers[out]
+  elements, size = b.elements(ELEMENT_BYTES[p.ctype]), b.nbytes // ELEMENT_BYTES[p.ctype]
+  if b.plane_pitch and (b.plane_bytes % ELEMENT_BYTES[p.ctype] or b.plane_pitch % ELEMENT_BYTES[p.ctype]):
+    fail(f"{what} stores {p.ctype} elements in buffer {out}, whose planes are not whole elements")
   stores = decl.stores_per_item()
   guard = decl.guard_x()
   items = min(g[0], guard if guard is not None else g[0]) * math.prod(g[1:])
@@ -405,10 +428,13 @@ def _validate_launch(spec: ProgramSpec, k: KernelSpec, decl, out: int, what: str
   if items * stores != elements:
     fail(f"{what} global size {list(g)} stores {items} x {stores} elements of {p.name!r}, but buffer {out} holds "
          f"{elements} {p.ctype}")
-  stored = decl.stored_elements(g, loc or decl.reqd_local)   # None where the store indices are not plain arithmetic
-  if stored is not None and (stored.min() < 0 or stored.max() >= elements or not _covers(stored, elements)):
+  at = decl.stored_elements(g, loc or decl.reqd_local)   # None where the store indices are not plain arithmetic
+  if at is None: return
+  stored = b.stored(at, ELEMENT_BYTES[p.ctype]) if at.min() >= 0 and at.max() < size else None
+  if stored is None or not _covers(stored, elements):
     fail(f"{what} global size {list(g)} does not store each of the {elements} elements of {p.name!r} (buffer {out}) "
-         f"exactly once: its store indices run from {stored.min()} to {stored.max()}")
+         f"exactly once{' outside the padding between its planes' if b.plane_pitch else ''}: its store indices run "
+         f"from {at.min()} to {at.max()}")
 
 
 # ---- write -------------------------------------------------------------------------------------------------------
@@ -422,6 +448,7 @@ def _header(spec: ProgramSpec) -> bytes:
   for b, out in zip(spec.buffers, msg.init("buffers", len(spec.buffers))):
     out.kind, out.offset, out.nbytes = b.kind, b.offset, b.nbytes
     if b.kind == "image": out.imageFormat, out.imageWidth, out.imageHeight = b.image_format, b.image_width, b.image_height
+    out.planeBytes, out.planePitch = b.plane_bytes, b.plane_pitch
   for k, out in zip(spec.kernels, msg.init("kernels", len(spec.kernels))):
     out.name, out.globalSize, out.localSize = k.name, list(k.global_size), list(k.local_size or ())
     out.flops, out.bytes = k.flops, k.bytes
@@ -529,7 +556,9 @@ def _spec_from(msg, weights: memoryview) -> ProgramSpec:
              _field(f"{at}.imageWidth", lambda: int(b.imageWidth)), _field(f"{at}.imageHeight", lambda: int(b.imageHeight)))
     if kind != "image" and image != ("none", 0, 0): raise _HeaderError(f"field {at}: a {kind} buffer with image fields")
     buffers.append(BufferSpec(kind, _field(f"{at}.offset", lambda: int(b.offset)), _field(f"{at}.nbytes", lambda: int(b.nbytes)),
-                              *(image if kind == "image" else ())))
+                              *(image if kind == "image" else ("", 0, 0)),
+                              _field(f"{at}.planeBytes", lambda: int(b.planeBytes)),
+                              _field(f"{at}.planePitch", lambda: int(b.planePitch))))
   kernels = []
   for n, k in enumerate(_field("kernels", lambda: list(msg.kernels))):
     at = f"kernels[{n}]"

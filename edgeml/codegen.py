@@ -105,6 +105,7 @@ class Kernel:
   loads: list              # nodes whose buffers follow the output buffer as arguments
   flops: int
   bytes: int
+  arg_bytes: tuple = ()       # the size of each buffer argument, output first, as stored (ScheduleItem.stored_bytes)
   uses_images: bool = False   # some loads are image2d_t (program_source then adds IMAGE_PRELUDE)
 
 
@@ -204,7 +205,7 @@ class _Renderer:
     return self.emit(n.dtype, VECTOR_ALU[n.op].format(*srcs), vector=True)
 
   def _load(self, n: Node, idx: tuple, valid: tuple) -> str:
-    offset = Lin.combine(zip(idx, contiguous_strides(n.shape)))
+    offset = Lin.combine(zip(idx, self.item.strides(n)))
     free, per_lane = self.reads.by_lane(valid)
     guard = (lambda read, zero: f"({render_conditions(free)}?{read}:{zero})") if free else (lambda read, zero: read)
     if self.width > 1 and (offset.uses(self.lane) or per_lane):
@@ -565,7 +566,7 @@ def _begin(item: ScheduleItem, shape: KernelShape, images: dict | None, inside: 
   def stores(gx: Lin, values: list[str]) -> list[str]:
     out_lines = []
     for idx, v in zip(indices(gx), values):
-      where = Lin.combine(zip(idx, contiguous_strides(out.shape)))
+      where = Lin.combine(zip(idx, item.strides(out)))
       if lanes:
         step, rest = where.split_var(r.lane)
         if step == 1: out_lines.append(f"vstore{width}({r.as_vector(v)},0,data0+{rest.render()});")
@@ -661,6 +662,7 @@ def _kernel(item: ScheduleItem, r: _Renderer, shape: KernelShape, grid: tuple, l
   body = "\n  ".join(lines)
   source = (f"__kernel __attribute__((reqd_work_group_size({lx},{ly},1)))\n"
             f"void {name}({', '.join(params)}) {{\n  {ids}\n  {body}\n}}\n")
-  nbytes = out.nbytes + sum(n.nbytes for n in item.loads)
   flops = r.flops * nx * ny * (1 if shape.group == 1 else shape.group)
-  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), flops, nbytes, bool(r.images))
+  arg_bytes = tuple(item.stored_bytes(n) for n in (out, *item.loads))
+  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), flops, sum(arg_bytes), arg_bytes,
+                bool(r.images))

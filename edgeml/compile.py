@@ -19,7 +19,7 @@ from edgeml.host_eval import fold, host_data
 from edgeml.lazy import Node, contiguous_strides
 from edgeml.memplan import Interval, plan_arena, liveness_lower_bound
 from edgeml.ops import Op
-from edgeml.schedule import schedule
+from edgeml.schedule import plane_pitch, schedule, stored_bytes
 from edgeml.tensor import Tensor
 
 IMAGE_WIDTH = 4096            # texels per image row at most (Adreno and PoCL allow 16384)
@@ -142,6 +142,9 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   out_nodes = _output_nodes({k: Tensor(n) for k, n in zip(outputs, out_nodes)})
   if fp16: store_weights_as_half(out_nodes)
   items = schedule(out_nodes)
+  outs = {id(n) for n in out_nodes}
+  pitches = {id(it.out): p for it in items if id(it.out) not in outs and (p := plane_pitch(it.out))}
+  for it in items: it.pitches = pitches   # activations only: inputs, outputs and weights stay row-major
   watch.lap("schedule")
 
   buffers: list[BufferSpec] = []
@@ -149,7 +152,10 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
 
   def add(node: Node, kind: str, offset: int = 0) -> int:
     buffer_of[id(node)] = len(buffers)
-    buffers.append(BufferSpec(kind, offset, node.nbytes))
+    if id(node) not in pitches: buffers.append(BufferSpec(kind, offset, node.nbytes))
+    else:
+      plane, pitch = node.shape[-1] * node.shape[-2] * node.dtype.itemsize, pitches[id(node)] * node.dtype.itemsize
+      buffers.append(BufferSpec(kind, offset, stored_bytes(node, pitches[id(node)]), plane_bytes=plane, plane_pitch=pitch))
     return buffer_of[id(node)]
 
   in_specs = [TensorSpec(name, t.shape, t.dtype.name, add(t.node, "input")) for name, t in inputs.items()]
@@ -177,7 +183,7 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   for i, it in enumerate(items):
     for n in it.loads: last_use[id(n)] = i
   arena_nodes = [it.out for it in items if id(it.out) not in buffer_of]
-  intervals = [Interval(n.nbytes, producer[id(n)], last_use.get(id(n), producer[id(n)])) for n in arena_nodes]
+  intervals = [Interval(items[producer[id(n)]].stored_bytes(n), producer[id(n)], last_use.get(id(n), producer[id(n)])) for n in arena_nodes]
   offsets, arena_size = plan_arena(intervals, target.align)
   for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
 

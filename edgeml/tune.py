@@ -53,8 +53,9 @@ class Tuner:
     renamed = [replace(k, name=f"{k.name}_v{i}", source=k.source.replace(f"void {k.name}(", f"void {k.name}_v{i}(", 1))
                for i, k in enumerate(kernels)]
     program = self.device.build(program_source(renamed))
-    args = [self._buffer(kernels[0].out.nbytes, 0)] + [
-      device_buffer(n) if n.buffer is not None else self._buffer(n.nbytes, i + 1) for i, n in enumerate(kernels[0].loads)]
+    sizes = kernels[0].arg_bytes
+    args = [self._buffer(sizes[0], 0)] + [device_buffer(n) if n.buffer is not None else self._buffer(sizes[i + 1], i + 1)
+                                          for i, n in enumerate(kernels[0].loads)]
     launches = []
     for k in renamed:
       kernel = cl.Kernel(program, k.name)

@@ -136,7 +136,7 @@ def test_inspect(path, capsys):
   from tools.inspect_artifact import main
   main([str(path)])
   out = capsys.readouterr().out
-  for text in ("format 1", "test-0", read_artifact(path).target, artifact.artifact_facts(path).sha256, "dense_relu", "argmax", "arena",
+  for text in (f"format {artifact.FORMAT_VERSION}", "test-0", read_artifact(path).target, artifact.artifact_facts(path).sha256, "dense_relu", "argmax", "arena",
                "'x'", "float32[1, 8]", "total"):
     assert text in out, text
 
@@ -216,6 +216,31 @@ def test_launch_size_boundary():
     validate(boundary(lambda s: setattr(s.kernels[0], "global_size", (8,))))
   with pytest.raises(ArtifactError, match="local size \\[32\\] does not divide global size \\[16\\]"):
     validate(boundary(lambda s: setattr(s.kernels[0], "local_size", (32,))))
+
+
+def planes(plane: int, pitch: int, nbytes: int, buffer: int = 5):
+  """tiny_spec with buffer `buffer` stored in planes (the arena grown to hold it)."""
+  def change(s):
+    b = s.buffers[buffer]
+    b.plane_bytes, b.plane_pitch, b.nbytes = plane, pitch, nbytes
+    s.arena_size = max(s.arena_size, b.offset + nbytes)
+  return boundary(change)
+
+
+def test_plane_layout_boundary():
+  """dense_relu stores its 16 elements one after another: as 1 plane of 64 bytes (any pitch) that is every element,
+  as 2 planes of 32 bytes 48 apart some stores land in the padding; a layout must be whole planes, arena only."""
+  validate(planes(64, 64, 64))
+  validate(planes(64, 128, 64))
+  with pytest.raises(ArtifactError, match=r"does not store each of the 16 elements of 'h' \(buffer 5\) exactly once "
+                                          r"outside the padding between its planes"):
+    validate(planes(32, 48, 80))
+  with pytest.raises(ArtifactError, match=r"buffer 5 \(arena\): 72 bytes are not planes of 32 bytes every 48 bytes"):
+    validate(planes(32, 48, 72))
+  with pytest.raises(ArtifactError, match=r"buffer 5 \(arena\): 64 bytes are not planes of 64 bytes every 32 bytes"):
+    validate(planes(64, 32, 64))
+  with pytest.raises(ArtifactError, match=r"buffer 1 \(output\): 64 bytes are not planes"):
+    validate(planes(64, 64, 64, buffer=1))
 
 
 STRUCTURE = {

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from hypothesis import given, settings, strategies as st
 import compiled
-from compiled.artifact import write_artifact
+from compiled.artifact import read_artifact, write_artifact
 from edgeml import Tensor
 from edgeml import demo_model
 from edgeml.compile import compile_graph, placeholder
@@ -85,6 +85,58 @@ def test_output_reshaping_a_contiguous_is_written_by_its_kernel(tmp_path):
   np.testing.assert_allclose(got["state_out"], want.reshape(6), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got["again"], want.reshape(2, 3), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got["next"], (want * 2).sum(1), rtol=1e-5)
+
+def _conv_np(x, w, stride=1, pad=0, groups=1):
+  """A reference conv in numpy: x (1, C, H, W), w (O, C/groups, k, k)."""
+  xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+  o, cg, k, _ = w.shape
+  h, wd = (xp.shape[2] - k) // stride + 1, (xp.shape[3] - k) // stride + 1
+  out = np.zeros((1, o, h, wd))
+  for g in range(groups):
+    og = o // groups
+    for i in range(k):
+      for j in range(k):
+        win = xp[:, g * cg:(g + 1) * cg, i:i + stride * h:stride, j:j + stride * wd:stride]
+        out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", win, w[g * og:(g + 1) * og, :, i, j])
+  return out
+
+
+@settings(max_examples=6, deadline=None)
+@given(c=st.sampled_from([3, 8, 13]), side=st.sampled_from([(16, 16), (8, 32), (32, 32), (12, 20)]),
+       stride=st.sampled_from([1, 2]))
+def test_activations_with_planes_of_whole_kib_are_stored_apart(tmp_path_factory, c, side, stride):
+  """Activations whose channel planes are a multiple of 1 KiB are stored with one cache line between planes (a plane
+  pitch in the artifact; others row-major), and every kind of reader still gets the right values: a 1x1 conv
+  (channel tiles), a depthwise 3x3 conv (stride 1 and 2), a flatten into a matmul, a transpose and a concatenation
+  along channels; checked against numpy."""
+  rng = np.random.default_rng(c * 100 + side[0] + stride)
+  h, w = side
+  w1, w2 = rng.standard_normal((c + 2, c, 1, 1)).astype(np.float32), rng.standard_normal((c + 2, 1, 3, 3)).astype(np.float32)
+  x = placeholder("x", (1, c, h, w))
+  a = x.conv2d(Tensor(w1)).silu()                                   # an activation read by every reader below
+  dw = a.conv2d(Tensor(w2), stride=stride, padding=1, groups=c + 2)
+  hd, wd = dw.shape[2:]
+  fc = rng.standard_normal(((c + 2) * hd * wd, 5)).astype(np.float32)
+  outs = {"dw": dw, "fc": dw.flatten(1) @ Tensor(fc), "t": a.transpose(2, 3) * 1.0, "cat": a.cat(a * 2, axis=1).sum(1)}
+  result = compile_graph({"x": x}, outs)
+  plane = h * w * 4
+  pitched = [b for b in result.spec.buffers if b.plane_pitch]
+  assert bool(pitched) == (plane % 1024 == 0)
+  assert all(b.kind == "arena" and b.plane_bytes % 1024 == 0 and b.plane_pitch == b.plane_bytes + 64 for b in pitched)
+  path = tmp_path_factory.mktemp("pitch") / "p.edgeml"
+  write_artifact(result.spec, path)
+  assert [(b.plane_bytes, b.plane_pitch) for b in read_artifact(path).buffers] == \
+      [(b.plane_bytes, b.plane_pitch) for b in result.spec.buffers]
+  xv = rng.standard_normal((1, c, h, w)).astype(np.float32)
+  got = compiled.load(path).run({"x": xv})
+  av = _conv_np(xv, w1)
+  av = av / (1 + np.exp(-av))
+  dv = _conv_np(av, w2, stride, 1, c + 2)
+  np.testing.assert_allclose(got["dw"], dv, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got["fc"], dv.reshape(1, -1) @ fc, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(got["t"], av.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got["cat"], 3 * av.sum(1), rtol=1e-4, atol=1e-4)
+
 
 def test_placeholder_cannot_run_eagerly():
   with pytest.raises(ValueError, match="placeholder"):

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
   print(f"buffers (arena {spec.arena_size} bytes, weights {len(spec.weights)} bytes, offsets aligned to {spec.align}):")
   print(f"  {'id':>4} {'kind':<8} {'offset':>12} {'bytes':>12}")
   for i, b in enumerate(spec.buffers):
-    image = (f"  RGBA {b.image_format} {b.image_width}x{b.image_height} texels, row pitch {b.pitch} B"
-             if b.kind == "image" else "")
-    print(f"  {i:>4} {b.kind:<8} {b.offset:>12} {b.nbytes:>12}{image}")
+    layout = (f"  RGBA {b.image_format} {b.image_width}x{b.image_height} texels, row pitch {b.pitch} B"
+              if b.kind == "image" else f"  planes of {b.plane_bytes} B every {b.plane_pitch} B" if b.plane_pitch else "")
+    print(f"  {i:>4} {b.kind:<8} {b.offset:>12} {b.nbytes:>12}{layout}")
   print(f"kernels ({len(spec.kernels)}, one program of {len(spec.source.splitlines())} source lines):")
   print(f"  {'name':<28} {'global':>14} {'local':>10} {'FLOPs':>14} {'bytes':>12}  args")
   for k in spec.kernels:
