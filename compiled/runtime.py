@@ -7,7 +7,9 @@ kernel's arguments, and runs the kernel list once so the driver generates its ma
 Where the artifact records a choice for this device (edgeml-tune, compiled/variants.py) the program is built with the
 chosen candidates spliced in; elsewhere with the artifact's own source. `load` also looks for the program binary in
 the folder `PATH.cache/` beside the artifact (where edgeml-tune leaves it) before the user's cache.
-A frame copies inputs in, enqueues the fixed kernel list, copies outputs out and finishes the queue once.
+A frame copies inputs in, enqueues the fixed kernel list, copies outputs out and finishes the queue once. On a
+device that shares the host's memory (a CPU, an integrated GPU: CL_DEVICE_HOST_UNIFIED_MEMORY) the kernels read each
+input where it lies instead, through a buffer over the caller's array (CL_MEM_USE_HOST_PTR): no copy.
 """
 import os
 import time
@@ -94,6 +96,11 @@ class Program:
     self._host_inputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
     self._host_outputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.outputs}
     self._uploads = [(t.name, self._buffers[t.buffer], self._host_inputs[t.name]) for t in self.inputs]
+    self._readers = {t.name: [(launch[0], i) for launch, k in zip(self._launches, kernels)
+                              for i, (kind, value) in enumerate(k.args) if kind == "buffer" and value == t.buffer]
+                     for t in self.inputs}   # input name -> (kernel, argument index) of every read of it
+    self._in_place = bool(self.device.dev.host_unified_memory)
+    self._fed: list[cl.Buffer] = []   # buffers over the caller's arrays, held until no kernel is bound to them
     self._downloads = [(self._host_outputs[t.name], self._buffers[t.buffer]) for t in self.outputs]
     self.execute()  # warm-up: machine code is generated at each kernel's first enqueue
 
@@ -179,22 +186,33 @@ class Program:
     self._lookup(self._host_inputs, name, "input")
     buf = self.device_buffer(name)
     self._uploads = [(n, b, host) for n, b, host in self._uploads if b is not buf]
+    for kernel, i in self._readers[name]: kernel.set_arg(i, buf)
 
   def execute(self) -> None:
     """One frame on the preallocated buffers: inputs in, every kernel, outputs out, one finish. Allocates no arrays."""
     self._execute(None)
 
   def _execute(self, feeds: dict | None) -> None:
-    """`feeds` (checked by run): arrays uploaded in place of the input host arrays (no copy in between)."""
+    """`feeds` (checked by run): arrays read or uploaded in place of the input host arrays (no copy in between)."""
     start = time.perf_counter() if DEBUG else 0.0
-    queue = self.device.queue
+    queue, held = self.device.queue, len(self._fed)
     for name, buf, host in self._uploads:
-      cl.enqueue_copy(queue, buf, host if feeds is None else feeds[name], is_blocking=False)
+      array = host if feeds is None else feeds[name]
+      if self._in_place and array.nbytes: self._fed.append(self._read_in_place(name, array))
+      else: cl.enqueue_copy(queue, buf, array, is_blocking=False)
     for i, (kernel, global_size, local_size) in enumerate(self._launches):
       self._events[i] = cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
     for host, buf in self._downloads: cl.enqueue_copy(queue, host, buf, is_blocking=False)
     queue.finish()
+    del self._fed[:held]   # the last frame's buffers over the caller's arrays: no kernel reads them any more
     if DEBUG: self._say_frame(time.perf_counter() - start)
+
+  def _read_in_place(self, name: str, array: np.ndarray) -> cl.Buffer:
+    """Binds the kernels reading input `name` to a buffer over `array` itself (read where it lies, no copy; the
+    array must stay unchanged until the frame finishes, as it does in execute and run)."""
+    buf = cl.Buffer(self.device.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=array)
+    for kernel, i in self._readers[name]: kernel.set_arg(i, buf)
+    return buf
 
   def _say_frame(self, wall: float) -> None:
     """EDGEML_DEBUG=2: a line per kernel of the frame just run; >= 1: the frame's line."""

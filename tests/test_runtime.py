@@ -101,6 +101,43 @@ def test_preallocated_path(prog):
     check({"y": y_view, "best": prog.output_buffer("best")}, x_buf)
 
 
+@pytest.mark.parametrize("unified", [True, False])
+def test_inputs_read_in_place_or_uploaded(path, unified, monkeypatch):
+  """Where the device shares the host's memory the kernels read each input from the caller's array itself, else it
+  is uploaded; either way every frame sees its own feed: a new array, the same array changed in between, a read-only
+  array, one starting 4 bytes into its memory, and execute's input array."""
+  import pyopencl as cl
+  monkeypatch.setattr(cl.Device, "host_unified_memory", unified, raising=False)   # what the device says
+  prog = compiled.load(path)
+  x = x_like()
+  check(prog.run({"x": x}), x)
+  x[:] = x_like()
+  check(prog.run({"x": x}), x)
+  frozen = x_like()
+  frozen.flags.writeable = False
+  check(prog.run({"x": frozen}), frozen)
+  shifted = np.empty(9, np.float32)[1:].reshape(1, 8)
+  shifted[:] = x_like()
+  check(prog.run({"x": shifted}), shifted)
+  prog.input_buffer("x")[:] = held = x_like()
+  prog.execute()
+  check({name: prog.output_buffer(name) for name in ("y", "best")}, held)
+  assert len(prog._fed) == unified   # the buffer over the last frame's array, held while kernels are bound to it
+
+
+def test_an_input_fed_on_device_is_read_from_its_device_buffer(path):
+  """After frames that read the input from the caller's arrays, feed_on_device points the kernels back at the
+  program's device buffer."""
+  import pyopencl as cl
+  prog = compiled.load(path)
+  prog.run({"x": x_like()})
+  prog.feed_on_device("x")
+  on_device = x_like()
+  cl.enqueue_copy(prog.device.queue, prog.device_buffer("x"), on_device)
+  prog.execute()
+  check({name: prog.output_buffer(name) for name in ("y", "best")}, on_device)
+
+
 def test_steady_state_allocates_nothing():
   """With a 16 KB output, one array made per frame would show in the peak."""
   prog = Program(tiny_spec(n_out=4096), default_device())
