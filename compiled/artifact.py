@@ -70,7 +70,7 @@ class BufferSpec:
   image_width: int = 0
   image_height: int = 0
   # kind 'arena' only: an activation stored in planes of plane_bytes, each plane_pitch bytes after the one before
-  # (channel planes padded apart, edgeml/schedule.py plane_pitched); 0 and 0: its elements one after another
+  # (channel planes padded apart: edgeml/schedule.py plane_pitch); 0 and 0: its elements one after another
   plane_bytes: int = 0
   plane_pitch: int = 0
 

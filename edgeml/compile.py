@@ -183,7 +183,8 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
   for i, it in enumerate(items):
     for n in it.loads: last_use[id(n)] = i
   arena_nodes = [it.out for it in items if id(it.out) not in buffer_of]
-  intervals = [Interval(items[producer[id(n)]].stored_bytes(n), producer[id(n)], last_use.get(id(n), producer[id(n)])) for n in arena_nodes]
+  intervals = [Interval(items[producer[id(n)]].stored_bytes(n), producer[id(n)], last_use.get(id(n), producer[id(n)]))
+               for n in arena_nodes]
   offsets, arena_size = plan_arena(intervals, target.align)
   for n, off in zip(arena_nodes, offsets): add(n, "arena", off)
 
