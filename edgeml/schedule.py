@@ -2,8 +2,9 @@
 
 Fusion rules:
 - elementwise ops and movement ops fuse into whatever kernel reads them (recomputed, never copied);
-- a reduce and the elementwise ops and reshapes above it, up to the last node where all their paths meet, form one
-  kernel whose output is that node (`_realize_points`): bias, activation, x * sigmoid(x) all fuse; when that node
+- a reduce and the elementwise ops and views above it that read each element once (reshapes, permutes, slices), up
+  to the last node where all their paths meet, form one kernel whose output is that node (`_realize_points`): bias,
+  activation, x * sigmoid(x), a GRU's gates over three slices of one matmul all fuse; when that node
   is a max pool only zero-padded and copied (the next conv's padded input), the kernel writes the padded buffer;
 - one reduce per kernel: a second one met while building a kernel gets its own buffer;
 - costly elementwise math that a reduce reads through a broadcast or overlapping windows (so it would be redone for
@@ -99,12 +100,19 @@ def _parents(outputs) -> dict:
 
 
 def _fuses_upward(n: Node) -> bool:
-  """Ops a reduce's kernel takes on above it: elementwise ops and reshapes (which keep the stored layout)."""
-  return n.op in ELEMENTWISE or (n.op is Op.VIEW and n.size == n.src[0].size and
-                                 n.arg == (contiguous_strides(n.shape), 0))
+  """Ops a reduce's kernel takes on above it: elementwise ops, views that keep the elements in their stored order
+  (reshapes, and slices: a GRU's gates read three slices of one matmul), and a CONTIGUOUS (then its buffer is the
+  output). Not permutes or windows: the kernel would store its result in their order, which its readers do not want."""
+  if n.op in ELEMENTWISE or n.op is Op.CONTIGUOUS: return True
+  if n.op is not Op.VIEW: return False
+  strides, offset = n.arg
+  if n.size == n.src[0].size: return strides == contiguous_strides(n.shape) and offset == 0
+  rows = contiguous_strides(n.src[0].shape)   # a slice: the source's strides on every axis it keeps
+  return len(n.shape) == len(rows) and all(size <= whole and st == (row if size > 1 else 0)
+                                           for st, row, size, whole in zip(strides, rows, n.shape, n.src[0].shape))
 
 
-def _merge_above(n: Node, parents: dict, points: set, limit: int = 24) -> Node | None:
+def _merge_above(n: Node, parents: dict, points: set, limit: int = 40) -> Node | None:
   """The node where every path up from `n` meets again, when all nodes on the way are elementwise ops or reshapes:
   a single parent, or the end of a diamond such as x * sigmoid(x). None when there is no such node."""
   region, frontier = {id(n)}, list(parents.get(id(n), []))

@@ -567,7 +567,8 @@ class Tensor:
     extra = -cout % CHANNEL_BLOCK if relayout and groups == 1 and cout >= 2 * CHANNEL_BLOCK else 0
     if extra and _is_constant(weight.node):   # zero channels up to a multiple of 8 (blocked weights), cropped off
       bias = bias.pad([(0, extra)]) if bias is not None else None
-      return self.conv2d(weight.pad([(0, extra)]), bias, stride, padding, dilation).pad([(0, 0), (0, -extra)])
+      out = self.conv2d(weight.pad([(0, extra)]), bias, stride, padding, dilation).contiguous()   # all in one buffer
+      return out.pad([(0, 0), (0, -extra)])
     if x is not self and cog * math.prod(kernel) >= PREPAD_MIN_TAPS and relayout:
       # a padded copy, its rows padded to a multiple of 8 elements (the copy runs in vector lanes)
       x = self.pad([(0, 0), (0, 0)] + pads[:-1] + [(pads[-1][0], pads[-1][1] - spatial[-1] % -8)]).contiguous()

@@ -83,6 +83,27 @@ def test_broadcast_reduce_result_gets_its_own_kernel():
   assert run_count(out) == 2
 
 
+def test_gates_reading_slices_of_a_matmul_fuse_into_it():
+  """GRU gates (linear before reset): three slices of one matmul, combined elementwise with the input's gates and the
+  state, are the matmul's kernel, written into a CONTIGUOUS (the next state's buffer): one kernel; and two slices
+  that overlap are still right (each one's elements computed where it reads them)."""
+  H = 16
+  h, xg, R, b = rng(2, H), rng(2, 3 * H, seed=1), rng(H, 3 * H, seed=2), rng(3 * H, seed=3)
+  ht = Tensor(h)
+  a = ht @ Tensor(R) + Tensor(b)
+  x = Tensor(xg)
+  z, r = (x[:, :H] + a[:, :H]).sigmoid(), (x[:, H:2 * H] + a[:, H:2 * H]).sigmoid()
+  out = ((1 - z) * (x[:, 2 * H:] + r * a[:, 2 * H:]).tanh() + z * ht).contiguous()
+  assert input_kernels(out, ht) == 1
+  sig = lambda v: 1 / (1 + np.exp(-v))
+  an = h.astype(np.float64) @ R + b
+  zn, rn = sig(xg[:, :H] + an[:, :H]), sig(xg[:, H:2 * H] + an[:, H:2 * H])
+  np.testing.assert_allclose(out.numpy(), (1 - zn) * np.tanh(xg[:, 2 * H:] + rn * an[:, 2 * H:]) + zn * h,
+                             rtol=1e-4, atol=1e-5)
+  overlap = (a[:, :2 * H] * a[:, H:]).exp()
+  np.testing.assert_allclose(overlap.numpy(), np.exp(an[:, :2 * H] * an[:, H:]), rtol=1e-4, atol=1e-5)
+
+
 def test_squeeze_excite_is_four_kernels():
   """global mean -> 1x1 conv -> relu -> 1x1 conv -> sigmoid -> scale: a reduce over size-1 axes (the 1x1 kernel on a
   1x1 map) is a reshape, not a kernel, and 96 outputs of a long mean are one kernel (no split)."""
