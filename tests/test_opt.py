@@ -90,12 +90,13 @@ def run(k):
 
 
 @settings(max_examples=10, deadline=None)
-@given(cin_g=st.integers(1, 5), cout_g=st.sampled_from([1, 2, 3, 5, 7, 8, 11, 16]), groups=st.sampled_from([1, 2, 3]),
+@given(cin_g=st.integers(1, 5), cout_g=st.sampled_from([1, 2, 3, 5, 7, 8, 11, 16, 24]), groups=st.sampled_from([1, 2, 3]),
        depthwise=st.booleans(), h=st.integers(1, 7), w=st.integers(1, 9), k=st.sampled_from([1, 3]),
        stride=st.sampled_from([1, 2]))
 @example(cin_g=5, cout_g=16, groups=2, depthwise=False, h=5, w=9, k=3, stride=2)    # weights blocked by channels
 @example(cin_g=5, cout_g=16, groups=3, depthwise=False, h=1, w=1, k=3, stride=1)
 @example(cin_g=8, cout_g=32, groups=1, depthwise=False, h=6, w=4, k=3, stride=1)    # two vectors of channels
+@example(cin_g=3, cout_g=24, groups=1, depthwise=False, h=12, w=16, k=3, stride=2)  # three vectors of channels
 def test_every_shape_of_a_conv_computes_it(cin_g, cout_g, groups, depthwise, h, w, k, stride):
   """Convs with channel counts that are not multiples of a tile or of the weights' channel block, 1x1 and 3x3,
   stride 2, groups and depthwise, tiny and odd spatial sizes: the shape each target picks, every channel-lane shape,
