@@ -2,10 +2,11 @@
 
 Fusion rules:
 - elementwise ops and movement ops fuse into whatever kernel reads them (recomputed, never copied);
-- a reduce and the elementwise ops and views above it that read each element once (reshapes, permutes, slices), up
-  to the last node where all their paths meet, form one kernel whose output is that node (`_realize_points`): bias,
-  activation, x * sigmoid(x), a GRU's gates over three slices of one matmul all fuse; when that node
-  is a max pool only zero-padded and copied (the next conv's padded input), the kernel writes the padded buffer;
+- a reduce and the elementwise ops and views above it that keep the elements in their stored order (reshapes,
+  slices), up to the last node where all their paths meet, form one kernel whose output is that node
+  (`_realize_points`): bias, activation, x * sigmoid(x), a GRU's gates over three slices of one matmul all fuse; when
+  that node is a max pool only zero-padded and copied (the next conv's padded input), the kernel writes the padded
+  buffer;
 - one reduce per kernel: a second one met while building a kernel gets its own buffer;
 - costly elementwise math that a reduce reads through a broadcast or overlapping windows (so it would be redone for
   every read) gets its own buffer;
@@ -113,8 +114,8 @@ def _fuses_upward(n: Node) -> bool:
 
 
 def _merge_above(n: Node, parents: dict, points: set, limit: int = 40) -> Node | None:
-  """The node where every path up from `n` meets again, when all nodes on the way are elementwise ops or reshapes:
-  a single parent, or the end of a diamond such as x * sigmoid(x). None when there is no such node."""
+  """The node where every path up from `n` meets again, when every node on the way is one `_fuses_upward` takes: a
+  single parent, or the end of a diamond such as x * sigmoid(x). None when there is no such node."""
   region, frontier = {id(n)}, list(parents.get(id(n), []))
   while frontier and len(region) < limit:
     if not all(_fuses_upward(f) for f in frontier): return None
