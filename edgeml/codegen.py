@@ -104,9 +104,11 @@ class Kernel:
   out: Node
   loads: list              # nodes whose buffers follow the output buffer as arguments
   flops: int
-  bytes: int
-  arg_bytes: tuple = ()       # the size of each buffer argument, output first, as stored (ScheduleItem.stored_bytes)
+  arg_bytes: tuple         # the size of each buffer argument, output first, as stored (ScheduleItem.stored_bytes)
   uses_images: bool = False   # some loads are image2d_t (program_source then adds IMAGE_PRELUDE)
+
+  @property
+  def bytes(self) -> int: return sum(self.arg_bytes)
 
 
 def ctype(dtype: np.dtype) -> str:
@@ -664,5 +666,4 @@ def _kernel(item: ScheduleItem, r: _Renderer, shape: KernelShape, grid: tuple, l
             f"void {name}({', '.join(params)}) {{\n  {ids}\n  {body}\n}}\n")
   flops = r.flops * nx * ny * (1 if shape.group == 1 else shape.group)
   arg_bytes = tuple(item.stored_bytes(n) for n in (out, *item.loads))
-  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), flops, sum(arg_bytes), arg_bytes,
-                bool(r.images))
+  return Kernel(name, source, (padded, ny), (lx, ly), out, list(item.loads), flops, arg_bytes, bool(r.images))
