@@ -78,6 +78,8 @@ struct Kernel {
                               # checks it, so an argument pointed at another buffer does not add up
   candidates @6 :List(Candidate);  # other renderings worth timing on the device (at most 3), fastest first by the
                                    # compiler's order
+  withPrevious @7 :Bool;      # runs in one launch with the kernel before it (a chain, compiled/chain.py); a runtime
+                              # that ignores it launches the kernels one by one, with the same results
 }
 
 struct Arg {

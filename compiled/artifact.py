@@ -21,6 +21,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from compiled.atomic import write_atomic
+from compiled.chain import member_problem
 from compiled.kernelsig import ELEMENT_BYTES, SourceError, function_span, kernels_of
 from compiled.targets import TARGETS
 
@@ -120,6 +121,7 @@ class KernelSpec:
   flops: int
   bytes: int  # the bytes of its buffer arguments (an image: its data without row padding), checked by validate
   candidates: list[CandidateSpec] = field(default_factory=list)  # for on-device tuning (compiled/tune.py)
+  with_previous: bool = False  # runs in one launch with the kernel before it (compiled/chain.py)
 
 
 @dataclass
@@ -289,6 +291,12 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
         if kind == "int32" and not (_is_int(value) and -2**31 <= value < 2**31): fail(f"{what} argument {j} is not an int32")
         if kind == "float32" and not isinstance(value, (int, float)): fail(f"{what} argument {j} is not a float32")
     _validate_launch(spec, k, decl, out, what, fail)
+    if k.with_previous is not False:
+      if k.with_previous is not True: fail(f"{what} with_previous is not a bool")
+      if n == 0: fail(f"{what} runs in one launch with the kernel before it, and there is none")
+      for m in (n - 1, n):
+        if (problem := member_problem(spec.kernels[m], declared[spec.kernels[m].name])):
+          fail(f"kernel {m} ({spec.kernels[m].name!r}) cannot run in a chain with kernel {2 * n - 1 - m}: {problem}")
     for j, r in reads:
       if r == out or _overlap(spec.buffers[r], spec.buffers[out]):
         fail(f"{what} argument {j} reads buffer {r}, which overlaps buffer {out} it writes")
@@ -454,6 +462,7 @@ def _header(spec: ProgramSpec) -> bytes:
     out.flops, out.bytes = k.flops, k.bytes
     for (kind, value), arg in zip(k.args, out.init("args", len(k.args))):
       setattr(arg, kind, value)
+    out.withPrevious = k.with_previous
     if k.candidates:
       for c, cand in zip(k.candidates, out.init("candidates", len(k.candidates))):
         cand.source, cand.globalSize, cand.localSize = c.source, list(c.global_size), list(c.local_size or ())
@@ -575,7 +584,7 @@ def _spec_from(msg, weights: memoryview) -> ProgramSpec:
     kernels.append(KernelSpec(_field(f"{at}.name", lambda: str(k.name)), _field(f"{at}.globalSize", lambda: tuple(k.globalSize)),
                               _field(f"{at}.localSize", lambda: tuple(k.localSize)) or None, args,
                               _field(f"{at}.flops", lambda: int(k.flops)), _field(f"{at}.bytes", lambda: int(k.bytes)),
-                              candidates))
+                              candidates, _field(f"{at}.withPrevious", lambda: bool(k.withPrevious))))
   choices = [ChoiceSpec(_field(f"choices[{i}].device", lambda: str(c.device)),
                         _field(f"choices[{i}].driver", lambda: str(c.driver)),
                         _field(f"choices[{i}].picks", lambda: [int(p) for p in c.picks]))

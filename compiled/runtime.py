@@ -13,11 +13,13 @@ input where it lies instead, through a buffer over the caller's array (CL_MEM_US
 """
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyopencl as cl
 
 from compiled.artifact import ArtifactError, BufferSpec, KernelSpec, ProgramSpec, read_artifact, validate
+from compiled.chain import launches
 from compiled.debug import DEBUG, kernel_line, say
 from compiled.device import Device, DeviceError, default_device, list_devices
 from compiled.targets import target_of
@@ -77,7 +79,8 @@ class Program:
       choice = choice_for(spec, device_key(device.dev))
       picks = choice.picks if choice is not None else [0] * len(spec.kernels)
     self.picks = list(picks)
-    self.source, kernels = variant(spec, self.picks) if any(self.picks) else (spec.source, spec.kernels)
+    source, kernels = variant(spec, self.picks) if any(self.picks) else (spec.source, spec.kernels)
+    self.source, kernels, self._chains = launches(source, kernels, device.target.work_group)
     self._beside, self._save_beside = beside, save_beside
     self._check_device_limits(spec, kernels)
     try: self._setup(spec, kernels)
@@ -85,18 +88,19 @@ class Program:
 
   def _setup(self, spec: ProgramSpec, kernels: list[KernelSpec]) -> None:
     """Allocate, build, bind and warm up (pyopencl errors are turned into an ArtifactError by __init__)."""
-    self.inputs, self.outputs, self.kernels = spec.inputs, spec.outputs, kernels
+    self.inputs, self.outputs = spec.inputs, spec.outputs
     self._buffers = self._allocate(spec)  # held: a kernel does not keep its argument buffers alive
     try: program = self.device.build(self.source, spec.build_options, self._beside, self._save_beside)
     except DeviceError as e:
       log = str(e).split("--- source ---")[0].strip()[-600:]
       raise ArtifactError(f"{self.name}: the program source does not build on {self.device.name}: {log}") from None
-    self._launches = [self._bind(program, k) for k in kernels]
+    bound = [self._bind(program, k) for k in kernels]
+    self.kernels, self._launches = [k for k, _ in bound], [launch for _, launch in bound]
     self._events: list[cl.Event | None] = [None] * len(self._launches)
     self._host_inputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.inputs}
     self._host_outputs = {t.name: np.zeros(t.shape, t.dtype) for t in self.outputs}
     self._uploads = [(t.name, self._buffers[t.buffer], self._host_inputs[t.name]) for t in self.inputs]
-    self._readers = {t.name: [(launch[0], i) for launch, k in zip(self._launches, kernels)
+    self._readers = {t.name: [(launch[0], i) for launch, k in zip(self._launches, self.kernels)
                               for i, (kind, value) in enumerate(k.args) if kind == "buffer" and value == t.buffer]
                      for t in self.inputs}   # input name -> (kernel, argument index) of every read of it
     self._in_place = bool(self.device.dev.host_unified_memory)
@@ -150,20 +154,22 @@ class Program:
                            shape=(b.image_width, b.image_height), pitches=(b.pitch,),
                            hostbuf=blob[b.offset:b.offset + b.nbytes])
 
-  def _bind(self, program: cl.Program, k: KernelSpec) -> tuple:
-    """A kernel object of its own (arguments are kernel state) with every argument set, and its launch sizes."""
+  def _bind(self, program: cl.Program, k: KernelSpec) -> tuple[KernelSpec, tuple]:
+    """The launch, and a kernel object of its own (arguments are kernel state) with every argument set and its launch
+    sizes. A chain's work-group shrinks to what the device allows for its kernel."""
     try: kernel = cl.Kernel(program, k.name)
     except cl.Error as e: raise ArtifactError(f"{self.name}: kernel {k.name!r} is not in the program source") from e
     if kernel.num_args != len(k.args):
       raise ArtifactError(f"{self.name}: kernel {k.name!r} takes {kernel.num_args} arguments, "
                           f"the artifact gives {len(k.args)}")
     group = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device.dev)
+    if k.name in self._chains and k.local_size[0] > group: k = replace(k, global_size=(group,), local_size=(group,))
     if k.local_size and int(np.prod(k.local_size)) > group:
       raise ArtifactError(f"{self.name}: kernel {k.name!r} local size {list(k.local_size)} is more than its "
                           f"CL_KERNEL_WORK_GROUP_SIZE {group} on {self.device.name}")
     for i, (kind, value) in enumerate(k.args):
       kernel.set_arg(i, self._buffers[value] if kind == "buffer" else SCALARS[kind](value))
-    return kernel, k.global_size, k.local_size
+    return k, (kernel, k.global_size, k.local_size)
 
   # ---- run ------------------------------------------------------------------------------------------------------
 

@@ -9,8 +9,11 @@ target of the device (target 'auto'): an artifact compiled anywhere is the same 
 from __future__ import annotations
 import os
 import time
+from dataclasses import replace
 import numpy as np
 import edgeml
+from compiled.chain import member_problem
+from compiled.kernelsig import kernels_of
 from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
 from compiled.targets import TARGETS, Target
 from edgeml.candidates import Recorder
@@ -22,6 +25,9 @@ from edgeml.ops import Op
 from edgeml.schedule import plane_pitch, schedule, stored_bytes
 from edgeml.tensor import Tensor
 
+CHAIN_MEMBER_FLOPS = 250_000    # a kernel this small (and CHAIN_MEMBER_BYTES) may run in a chain, on one compute unit
+CHAIN_MEMBER_BYTES = 320 << 10
+CHAIN_FLOPS = 1_000_000         # a chain stays under the size at which a GPU wants thousands of work items
 IMAGE_WIDTH = 4096            # texels per image row at most (Adreno and PoCL allow 16384)
 IMAGE_MAX_HEIGHT = 16384      # rows; weights that need more stay a plain buffer
 
@@ -210,11 +216,25 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
            for k in kernels]
   spec = ProgramSpec(target=target.name, compiler_version=edgeml.__version__, source=source,
                      build_options=target.build_options, inputs=in_specs, outputs=out_specs, buffers=buffers,
-                     kernels=specs, arena_size=arena_size, align=target.align, weights=bytes(blob))
+                     kernels=chain_small_kernels(specs, source), arena_size=arena_size, align=target.align, weights=bytes(blob))
   result = Compiled(spec, folded, arena_size, sum(iv.nbytes for iv in intervals),
                     liveness_lower_bound(intervals, target.align), stages)
   watch.lap("plan")
   return result
+
+
+def chain_small_kernels(kernels: list[KernelSpec], source: str) -> list[KernelSpec]:
+  """The kernels with each run of small ones marked to launch as one chain (compiled/chain.py): on PoCL such a
+  kernel costs the host and the driver as much as it computes, and a GPU waits on the host between them."""
+  declared = kernels_of(source)
+  small = [k.flops <= CHAIN_MEMBER_FLOPS and k.bytes <= CHAIN_MEMBER_BYTES and member_problem(k, declared[k.name]) is None
+           for k in kernels]
+  out, flops = [], 0
+  for i, k in enumerate(kernels):
+    joins = i > 0 and small[i - 1] and small[i] and flops + k.flops < CHAIN_FLOPS
+    flops = flops + k.flops if joins else k.flops
+    out.append(replace(k, with_previous=joins))
+  return out
 
 
 def compile_model(model_path: str, out_path: str, shapes: dict | None = None, target: str = "auto", tune: bool = False,
@@ -236,7 +256,8 @@ def compile_model(model_path: str, out_path: str, shapes: dict | None = None, ta
   if tune: log("      tuning: timing kernel variants on the device (cached for next time)")
   result = compile_graph(inputs, outputs, target=target, tune=tune, fp16=fp16, log=log, progress=progress)
   spec = result.spec
-  log(f"[2/3] {len(spec.kernels)} kernels ({result.folded} constant kernels folded), "
+  chained = sum(k.with_previous for k in spec.kernels)
+  log(f"[2/3] {len(spec.kernels)} kernels in {len(spec.kernels) - chained} launches ({result.folded} constant kernels folded), "
       f"arena {result.planned:,} B planned for {result.unplanned:,} B of intermediates "
       f"(liveness lower bound {result.lower_bound:,} B, ratio {result.planned / max(result.lower_bound, 1):.2f}), "
       f"weights {len(spec.weights):,} B")

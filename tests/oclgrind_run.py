@@ -1,7 +1,9 @@
 """Runs an artifact's kernels with every buffer of its plan in an allocation of its own, and compares the outputs with
 a reference .npz (one array per input and output name). For a memory checker such as Oclgrind, which checks bounds per
 allocation: in compiled.runtime the plan's buffers are sub-buffers of one arena and one weights buffer, so a read past
-one buffer into its neighbour would go unseen there. Used by tests/test_oclgrind.py.
+one buffer into its neighbour would go unseen there. The kernels are launched as the runtime launches them, chains
+(compiled/chain.py) included, so Oclgrind also sees each chain's work-group and its barriers. Used by
+tests/test_oclgrind.py.
 
   python tests/oclgrind_run.py model.edgeml reference.npz [--rtol 1e-3] [--atol 1e-4]   exit 1 on a mismatch
 """
@@ -15,6 +17,7 @@ import pyopencl as cl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from compiled.artifact import ArtifactError, read_artifact   # noqa: E402
+from compiled.chain import launches    # noqa: E402
 from compiled.device import default_device    # noqa: E402
 
 SCALARS = {"int32": np.int32, "float32": np.float32}
@@ -35,8 +38,9 @@ def run_separately(spec, feeds: dict) -> dict:
   bufs = [image(dev, b, blob) if b.kind == "image" else dev.upload(blob[b.offset:b.offset + b.nbytes])
           if b.kind == "weights" else dev.alloc(b.nbytes) for b in spec.buffers]
   for t in spec.inputs: bufs[t.buffer] = dev.upload(np.asarray(feeds[t.name], t.dtype).reshape(t.shape))
-  program = dev.build(spec.source, spec.build_options)
-  for k in spec.kernels:
+  source, kernels, _ = launches(spec.source, spec.kernels, dev.target.work_group)
+  program = dev.build(source, spec.build_options)
+  for k in kernels:
     kernel = cl.Kernel(program, k.name)
     for i, (kind, value) in enumerate(k.args): kernel.set_arg(i, bufs[value] if kind == "buffer" else SCALARS[kind](value))
     cl.enqueue_nd_range_kernel(dev.queue, kernel, k.global_size, k.local_size)
@@ -58,7 +62,9 @@ def main(argv=None) -> int:
     raise SystemExit(f"oclgrind_run: {args.reference} is not a readable .npz: {e}")
   if missing := [t.name for t in (*spec.inputs, *spec.outputs) if t.name not in ref]:
     raise SystemExit(f"oclgrind_run: {args.reference} has no array for {missing}")
-  print(f"device: {default_device().name}; {len(spec.kernels)} kernels, {len(spec.buffers)} buffers")
+  chained = sum(k.with_previous for k in spec.kernels)
+  print(f"device: {default_device().name}; {len(spec.kernels)} kernels in {len(spec.kernels) - chained} launches, "
+        f"{len(spec.buffers)} buffers")
   got = run_separately(spec, ref)
   failed = 0
   for name, out in got.items():

@@ -183,6 +183,7 @@ def test_driving_models_compile_load_and_match_onnxruntime(name, tmp_path):
   assert result.planned <= 1.1 * result.lower_bound, (result.planned, result.lower_bound)
   assert result.planned < result.unplanned
   prog = compiled.load(path)
+  if name == "mini_drive": assert len(prog.kernels) <= 40, [k.name for k in prog.kernels]   # launches, chains as one
   if name == "demo_drive": cases = list(_demo_frames(onnx_path, 2))
   else:
     with np.load(MODELS / f"{name}.npz") as ref: cases = [({s.name: ref[s.name] for s in prog.inputs}, dict(ref))]

@@ -43,7 +43,8 @@ def test_gpu_targets_launch_enough_work_items(model, target, demo_path, tmp_path
   out = tmp_path / "m.edgeml"
   result = compile_model(str(path), str(out), target=target, log=lambda *a: None)
   assert not violations(result.spec), violations(result.spec)
-  compiled.load(out, allow_target_mismatch=True)   # the loader accepts grouped launches
+  prog = compiled.load(out, allow_target_mismatch=True)   # the loader accepts grouped launches
+  assert not violations(prog), violations(prog)   # nor does a chain of small kernels hold 1 MFLOP
 
 
 def test_pocl_keeps_cpu_shapes():

@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     layout = (f"  RGBA {b.image_format} {b.image_width}x{b.image_height} texels, row pitch {b.pitch} B"
               if b.kind == "image" else f"  planes of {b.plane_bytes} B every {b.plane_pitch} B" if b.plane_pitch else "")
     print(f"  {i:>4} {b.kind:<8} {b.offset:>12} {b.nbytes:>12}{layout}")
-  print(f"kernels ({len(spec.kernels)}, one program of {len(spec.source.splitlines())} source lines):")
+  chained = sum(k.with_previous for k in spec.kernels)
+  print(f"kernels ({len(spec.kernels)} in {len(spec.kernels) - chained} launches, one program of "
+        f"{len(spec.source.splitlines())} source lines; + runs in one launch with the kernel above it):")
   print(f"  {'name':<28} {'global':>14} {'local':>10} {'FLOPs':>14} {'bytes':>12}  args")
   for k in spec.kernels:
-    print(f"  {k.name:<28} {_sizes(k.global_size):>14} {_sizes(k.local_size):>10} {k.flops:>14,} {k.bytes:>12,}  "
+    print(f"{'+' if k.with_previous else ' '} {k.name:<28} {_sizes(k.global_size):>14} {_sizes(k.local_size):>10} {k.flops:>14,} {k.bytes:>12,}  "
           + " ".join(_arg(kind, v) for kind, v in k.args))
   print(f"  {'total':<28} {'':>14} {'':>10} {sum(k.flops for k in spec.kernels):>14,} {sum(k.bytes for k in spec.kernels):>12,}")
   tunable = [k for k in spec.kernels if k.candidates]
