@@ -25,8 +25,8 @@ from edgeml.ops import Op
 from edgeml.schedule import plane_pitch, schedule, stored_bytes
 from edgeml.tensor import Tensor
 
-CHAIN_MEMBER_FLOPS = 250_000    # a kernel this small (and CHAIN_MEMBER_BYTES) may run in a chain, on one compute unit
-CHAIN_MEMBER_BYTES = 320 << 10
+CHAIN_MEMBER_FLOPS = 500_000    # a kernel this small (and CHAIN_MEMBER_BYTES) may run in a chain, on one compute unit
+CHAIN_MEMBER_BYTES = 512 << 10
 CHAIN_FLOPS = 1_000_000         # a chain stays under the size at which a GPU wants thousands of work items
 IMAGE_WIDTH = 4096            # texels per image row at most (Adreno and PoCL allow 16384)
 IMAGE_MAX_HEIGHT = 16384      # rows; weights that need more stay a plain buffer
