@@ -80,7 +80,8 @@ class Program:
       picks = choice.picks if choice is not None else [0] * len(spec.kernels)
     self.picks = list(picks)
     source, kernels = variant(spec, self.picks) if any(self.picks) else (spec.source, spec.kernels)
-    self.source, kernels, self._chains = launches(source, kernels, device.target.work_group)
+    group = min(device.target.work_group, device.dev.max_work_group_size)   # of a chain of small kernels
+    self.source, kernels, self._chains = launches(source, kernels, group)
     self._beside, self._save_beside = beside, save_beside
     self._check_device_limits(spec, kernels)
     try: self._setup(spec, kernels)

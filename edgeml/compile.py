@@ -12,9 +12,9 @@ import time
 from dataclasses import replace
 import numpy as np
 import edgeml
+from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
 from compiled.chain import member_problem
 from compiled.kernelsig import kernels_of
-from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
 from compiled.targets import TARGETS, Target
 from edgeml.candidates import Recorder
 from edgeml.codegen import kernel_name, program_source, render
