@@ -21,7 +21,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from compiled.atomic import write_atomic
-from compiled.chain import member_problem
+from compiled.chain import chain_problem
 from compiled.kernelsig import ELEMENT_BYTES, SourceError, function_span, kernels_of
 from compiled.targets import TARGETS
 
@@ -291,12 +291,7 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
         if kind == "int32" and not (_is_int(value) and -2**31 <= value < 2**31): fail(f"{what} argument {j} is not an int32")
         if kind == "float32" and not isinstance(value, (int, float)): fail(f"{what} argument {j} is not a float32")
     _validate_launch(spec, k, decl, out, what, fail)
-    if k.with_previous is not False:
-      if k.with_previous is not True: fail(f"{what} with_previous is not a bool")
-      if n == 0: fail(f"{what} runs in one launch with the kernel before it, and there is none")
-      for m in (n - 1, n):
-        if (problem := member_problem(spec.kernels[m], declared[spec.kernels[m].name])):
-          fail(f"kernel {m} ({spec.kernels[m].name!r}) cannot run in a chain with kernel {2 * n - 1 - m}: {problem}")
+    if not isinstance(k.with_previous, bool): fail(f"{what} with_previous is not a bool")
     for j, r in reads:
       if r == out or _overlap(spec.buffers[r], spec.buffers[out]):
         fail(f"{what} argument {j} reads buffer {r}, which overlaps buffer {out} it writes")
@@ -319,6 +314,7 @@ def _validate_kernels(spec: ProgramSpec, fail) -> None:
     for i, b in enumerate(spec.buffers):
       if i != out and i in valid and _overlap(b, spec.buffers[out]): valid.discard(i); clobbered[i] = n
     valid.add(out)
+  if (problem := chain_problem(spec.kernels, declared)): fail(problem)
   for i, b in enumerate(spec.buffers):
     if b.kind == "output" and i not in written: fail(f"buffer {i} (output) is written by no kernel")
     if b.kind in ("weights", "image") and i not in read: fail(f"buffer {i} ({b.kind}) is read by no kernel")

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import edgeml
 from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
-from compiled.chain import member_problem
+from compiled.chain import member_group, member_problem
 from compiled.kernelsig import kernels_of
 from compiled.targets import TARGETS, Target
 from edgeml.candidates import Recorder
@@ -229,10 +229,11 @@ def chain_small_kernels(kernels: list[KernelSpec], source: str) -> list[KernelSp
   declared = kernels_of(source)
   small = [k.flops <= CHAIN_MEMBER_FLOPS and k.bytes <= CHAIN_MEMBER_BYTES and member_problem(k, declared[k.name]) is None
            for k in kernels]
-  out, flops = [], 0
+  out, flops, group = [], 0, None   # of the run so far: its flops, its grouped members' work-group size
   for i, k in enumerate(kernels):
-    joins = i > 0 and small[i - 1] and small[i] and flops + k.flops < CHAIN_FLOPS
-    flops = flops + k.flops if joins else k.flops
+    own = member_group(k, declared[k.name])
+    joins = i > 0 and small[i - 1] and small[i] and flops + k.flops < CHAIN_FLOPS and own in (None, group or own)
+    flops, group = (flops + k.flops, group or own) if joins else (k.flops, own)
     out.append(replace(k, with_previous=joins))
   return out
 
