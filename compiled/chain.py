@@ -104,7 +104,7 @@ def _chain(members: list, decls: list[KernelDecl], group: int) -> tuple[str, obj
       params.setdefault(b, f"read_only image2d_t b{b}" if p.kind == "image" else f"__global {p.ctype}* b{b}")
   name = f"chain_{members[0].name.split('_')[0]}_{members[-1].name.split('_')[0]}"
   group = next((g for k, d in zip(members, decls) if (g := member_group(k, d))), group)
-  lines, functions, arrays = [], [], []
+  lines, functions, arrays = [], [], {}   # arrays: one per kind, shared by the members (a barrier lies between them)
   for k, d in zip(members, decls):
     args = ", ".join(f"b{b}" for _, b in k.args)
     body = d.body.strip()
@@ -116,13 +116,13 @@ def _chain(members: list, decls: list[KernelDecl], group: int) -> tuple[str, obj
       lines.append(f"for (int i = lid; i < {nx * ny}; i += step) {k.name}_at({args}, i % {nx}, i / {nx});")
     else:   # grouped: its __local arrays live in the chain kernel; the whole work-group runs each of its groups
       local = _LOCAL_ARRAY.findall(body)
-      arrays += [f"__local {t} {k.name}_{a}[{n}];" for t, a, n in local]
+      arrays.update({f"{t}_{a}_{n}": f"__local {t} {t}_{a}_{n}[{n}];" for t, a, n in local})
       functions.append(f"void {k.name}_at({', '.join([*map(_declare, d.params), *(f'__local {t}* {a}' for t, a, _ in local)])}, "
                        f"int lid, int gx) {{\n  {_LOCAL_ARRAY.sub('', body[len(GROUPED):]).strip()}\n}}\n")
-      local_args = "".join(f", {k.name}_{a}" for _, a, _ in local)
+      local_args = "".join(f", {t}_{a}_{n}" for t, a, n in local)
       lines.append(f"for (int g = 0; g < {k.global_size[0] // group}; g++) {{ {k.name}_at({args}{local_args}, lid, g); "
                    f"barrier(CLK_LOCAL_MEM_FENCE); }}")
-  kernel = (f"__kernel void {name}({', '.join(params.values())}) {{\n  " + "".join(a + "\n  " for a in arrays)
+  kernel = (f"__kernel void {name}({', '.join(params.values())}) {{\n  " + "".join(a + "\n  " for a in arrays.values())
             + "int lid = get_local_id(0), step = get_local_size(0);\n  " + "\n  ".join(lines) + "\n}\n")
   launch = replace(members[0], name=name, global_size=(group,), local_size=(group,), args=[("buffer", b) for b in params],
                    flops=sum(k.flops for k in members), bytes=sum(k.bytes for k in members), with_previous=False)
