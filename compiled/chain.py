@@ -7,10 +7,11 @@ it for every work item of the member's own launch, then waits for its whole work
 
     void k5_at(const __global float* restrict data1, ..., int gx, int gy) { <k5's body> }
     __kernel void chain_k5_k6(__global float* b7, ...) {
+      __local float float_acc0_part_64[64];   // the grouped members' arrays, one of each kind
       int lid = get_local_id(0), step = get_local_size(0);
       for (int i = lid; i < 24; i += step) k5_at(b7, b8, i % 24, i / 24);
       barrier(CLK_GLOBAL_MEM_FENCE);
-      for (int g = 0; g < 12; g++) { k6_at(b9, b7, k6_acc0_part, lid, g); barrier(CLK_LOCAL_MEM_FENCE); }
+      for (int g = 0; g < 12; g++) { k6_at(b9, b7, float_acc0_part_64, lid, g); barrier(CLK_LOCAL_MEM_FENCE); }
     }
 
 The barrier orders every load and store of one member before those of the next (a buffer one writes and the next
