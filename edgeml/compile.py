@@ -21,11 +21,12 @@ from edgeml.codegen import kernel_name, program_source, render
 from edgeml.host_eval import fold, host_data
 from edgeml.lazy import Node, contiguous_strides
 from edgeml.memplan import Interval, plan_arena, liveness_lower_bound
+from edgeml.opt import CHAIN_WORK
 from edgeml.ops import Op
 from edgeml.schedule import plane_pitch, schedule, stored_bytes
 from edgeml.tensor import Tensor
 
-CHAIN_MEMBER_FLOPS = 500_000    # a kernel this small (and CHAIN_MEMBER_BYTES) may run in a chain, on one compute unit
+CHAIN_MEMBER_FLOPS = 2 * CHAIN_WORK   # a kernel this small (and CHAIN_MEMBER_BYTES) may run in a chain, on one compute unit
 CHAIN_MEMBER_BYTES = 512 << 10
 CHAIN_FLOPS = 1_000_000         # a chain stays under the size at which a GPU wants thousands of work items
 IMAGE_WIDTH = 4096            # texels per image row at most (Adreno and PoCL allow 16384)
