@@ -61,7 +61,8 @@ def member_group(k, decl: KernelDecl) -> int | None:
 
 def chain_problem(kernels: list, declared: dict[str, KernelDecl]) -> str | None:
   """What is wrong with the chains of a kernel list (each kernel declared in `declared`), or None."""
-  if kernels and kernels[0].with_previous: return f"kernel 0 ({kernels[0].name!r}) runs in one launch with the kernel before it, and there is none"
+  if kernels and kernels[0].with_previous:
+    return f"kernel 0 ({kernels[0].name!r}) runs in one launch with the kernel before it, and there is none"
   for run in _runs(list(enumerate(kernels))):
     if len(run) == 1: continue
     for n, k in run:

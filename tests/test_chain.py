@@ -106,7 +106,8 @@ def test_loader_refuses_chains_that_cannot_be(monkeypatch):
     with pytest.raises(ArtifactError, match=rf"kernel {n} \('{name}'\) cannot run in a chain: {problem}"):
       validate(dataclasses.replace(spec, source=source))
   tiny = tiny_spec(target="pocl")
-  scalar = dataclasses.replace(tiny, kernels=[tiny.kernels[0], dataclasses.replace(tiny.kernels[1], with_previous=True), tiny.kernels[2]])
+  second = dataclasses.replace(tiny.kernels[1], with_previous=True)
+  scalar = dataclasses.replace(tiny, kernels=[tiny.kernels[0], second, tiny.kernels[2]])
   with pytest.raises(ArtifactError, match="kernel 0 .*cannot run in a chain: it takes scalar arguments"):
     validate(scalar)
   # grouped reduces of different work-group sizes cannot share a chain's work-group

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(spec.source.splitlines())} source lines; + runs in one launch with the kernel above it):")
   print(f"  {'name':<28} {'global':>14} {'local':>10} {'FLOPs':>14} {'bytes':>12}  args")
   for k in spec.kernels:
-    print(f"{'+' if k.with_previous else ' '} {k.name:<28} {_sizes(k.global_size):>14} {_sizes(k.local_size):>10} {k.flops:>14,} {k.bytes:>12,}  "
-          + " ".join(_arg(kind, v) for kind, v in k.args))
+    print(f"{'+' if k.with_previous else ' '} {k.name:<28} {_sizes(k.global_size):>14} {_sizes(k.local_size):>10} "
+          f"{k.flops:>14,} {k.bytes:>12,}  " + " ".join(_arg(kind, v) for kind, v in k.args))
   print(f"  {'total':<28} {'':>14} {'':>10} {sum(k.flops for k in spec.kernels):>14,} {sum(k.bytes for k in spec.kernels):>12,}")
   tunable = [k for k in spec.kernels if k.candidates]
   print(f"candidates for edgeml-tune: {sum(len(k.candidates) for k in tunable)} in {len(tunable)} kernels")
