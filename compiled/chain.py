@@ -63,12 +63,13 @@ def chain_problem(kernels: list, declared: dict[str, KernelDecl]) -> str | None:
   """What is wrong with the chains of a kernel list (each kernel declared in `declared`), or None."""
   if kernels and kernels[0].with_previous:
     return f"kernel 0 ({kernels[0].name!r}) runs in one launch with the kernel before it, and there is none"
-  for run in _runs(list(enumerate(kernels))):
+  for run in _runs(kernels):
     if len(run) == 1: continue
-    for n, k in run:
+    for n in run:
+      k = kernels[n]
       if (problem := member_problem(k, declared[k.name])): return f"kernel {n} ({k.name!r}) cannot run in a chain: {problem}"
-    if len(groups := {member_group(k, declared[k.name]) for _, k in run} - {None}) > 1:
-      return f"kernels {run[0][0]} to {run[-1][0]} form a chain whose members need work-groups of {sorted(groups)} work items"
+    if len(groups := {member_group(kernels[n], declared[kernels[n].name]) for n in run} - {None}) > 1:
+      return f"kernels {run[0]} to {run[-1]} form a chain whose members need work-groups of {sorted(groups)} work items"
   return None
 
 
@@ -76,25 +77,24 @@ def launches(source: str, kernels: list, group: int) -> tuple[str, list, set[str
   """The program source with a kernel for each chain appended, the launches (KernelSpecs: each kernel that runs alone,
   and for each chain one kernel over all its members' buffers, one work-group: of its grouped members' size, else of
   `group` work items), and the names of the chains of plain members only (whose work-group may be made smaller)."""
-  runs = _runs(kernels)
+  runs = [[kernels[n] for n in run] for run in _runs(kernels)]
   if all(len(run) == 1 for run in runs): return source, list(kernels), set()
-  declared, extra, out = kernels_of(source), [], []
+  declared, extra, out, plain = kernels_of(source), [], [], set()
   for run in runs:
     if len(run) == 1: out.append(run[0]); continue
     text, launch = _chain(run, [declared[k.name] for k in run], group)
     extra.append(text)
     out.append(launch)
-  plain = {k.name for run, k in zip(runs, out) if len(run) > 1 and all(member_group(m, declared[m.name]) is None for m in run)}
+    if all(member_group(k, declared[k.name]) is None for k in run): plain.add(launch.name)
   return source + "\n" + "\n".join(extra), out, plain
 
 
-def _runs(kernels: list) -> list[list]:
-  """The kernels in runs: each kernel with the ones after it that run with their previous one. Items are KernelSpecs
-  or (index, KernelSpec)."""
-  runs: list[list] = []
-  for item in kernels:
-    if (item[1] if isinstance(item, tuple) else item).with_previous and runs: runs[-1].append(item)
-    else: runs.append([item])
+def _runs(kernels: list) -> list[list[int]]:
+  """The indices of the kernels in runs: each kernel with the ones after it that run with their previous one."""
+  runs: list[list[int]] = []
+  for n, k in enumerate(kernels):
+    if k.with_previous and runs: runs[-1].append(n)
+    else: runs.append([n])
   return runs
 
 
