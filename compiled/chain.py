@@ -7,33 +7,25 @@ it for every work item of the member's own launch, then waits for its whole work
 
     void k5_at(const __global float* restrict data1, ..., int gx, int gy) { <k5's body> }
     __kernel void chain_k5_k6(__global float* b7, ...) {
-      __local float float_acc0_part_64[64];   // the grouped members' arrays, one of each kind
       int lid = get_local_id(0), step = get_local_size(0);
       for (int i = lid; i < 24; i += step) k5_at(b7, b8, i % 24, i / 24);
       barrier(CLK_GLOBAL_MEM_FENCE);
-      for (int g = 0; g < 12; g++) { k6_at(b9, b7, float_acc0_part_64, lid, g); barrier(CLK_LOCAL_MEM_FENCE); }
+      for (int i = lid; i < 12; i += step) k6_at(b9, b7, i % 12, i / 12);
     }
 
 The barrier orders every load and store of one member before those of the next (a buffer one writes and the next
 reads, arena bytes the plan reuses), so the chain stores what its members launched one after another store, on one
-compute unit. Members come in the compiler's two forms (edgeml/codegen.py), which the loader checks
-(compiled/artifact.py) besides checking each member as the kernel it is:
-- plain: `int gx = get_global_id(0), gy = get_global_id(1);` first, then no other work-item function, barrier or local
-  memory; its work items are spread over the chain's work-group;
-- grouped (a reduce split across a work-group): `int lid = get_local_id(0), gx = get_group_id(0);` first, its
-  `__local` arrays (declared in the chain kernel and passed in), local barriers only; the whole chain's work-group
-  runs it group after group, so every grouped member of a chain has the chain's work-group size.
-No member has candidates or scalar arguments. A runtime that does not know the flag launches the members one by
-one, with the same results.
+compute unit. A member is a kernel in the compiler's plain form (edgeml/codegen.py): `int gx = get_global_id(0),
+gy = get_global_id(1);` first, then no other work-item function, barrier or local memory; no candidates, buffer
+arguments only. The loader checks that (compiled/artifact.py), besides checking each member as the kernel it is. A
+runtime that does not know the flag launches the members one by one, with the same results.
 """
 import re
 from dataclasses import replace
 
 from compiled.kernelsig import KernelDecl, kernels_of
 
-PLAIN = "int gx = get_global_id(0), gy = get_global_id(1);"
-GROUPED = "int lid = get_local_id(0), gx = get_group_id(0);"
-_LOCAL_ARRAY = re.compile(r"__local\s+(\w+)\s+(\w+)\s*\[\s*(\d+)\s*\]\s*;")
+IDS = "int gx = get_global_id(0), gy = get_global_id(1);"
 _WORK_GROUP = re.compile(r"\b(get_\w+|barrier|\w*mem_fence|__local|local|work_group_\w+|sub_group_\w+|\w*_group_events?)\b")
 
 
@@ -41,22 +33,11 @@ def member_problem(k, decl: KernelDecl) -> str | None:
   """Why kernel `k` (a KernelSpec, declared as `decl`) cannot run inside a chain, or None when it can."""
   if k.candidates: return "it has candidates (another rendering may be picked on the device)"
   if any(kind != "buffer" for kind, _ in k.args): return "it takes scalar arguments"
+  if not 1 <= len(k.global_size) <= 2: return f"its global size {list(k.global_size)} is not 1 or 2 sizes"
   body = decl.body.strip()
-  if body.startswith(PLAIN):
-    if not 1 <= len(k.global_size) <= 2: return f"its global size {list(k.global_size)} is not 1 or 2 sizes"
-    rest = body[len(PLAIN):]
-  elif body.startswith(GROUPED):
-    if not k.local_size or k.global_size[0] % k.local_size[0] or any(v != 1 for v in (*k.global_size[1:], *k.local_size[1:])):
-      return f"its launch {list(k.global_size)}/{list(k.local_size or [])} is not whole work-groups along one axis"
-    rest = _LOCAL_ARRAY.sub("", body[len(GROUPED):]).replace("barrier(CLK_LOCAL_MEM_FENCE);", "")
-  else: return f"its body starts with neither `{PLAIN}` nor `{GROUPED}`"
-  if (m := _WORK_GROUP.search(rest)): return f"it uses {m.group(1)} after its ids"
+  if not body.startswith(IDS): return f"its body does not start with `{IDS}`"
+  if (m := _WORK_GROUP.search(body, len(IDS))): return f"it uses {m.group(1)} after its ids"
   return None
-
-
-def member_group(k, decl: KernelDecl) -> int | None:
-  """The work-group size a chain needs for member `k`: its own for a grouped member, None (any) for a plain one."""
-  return k.local_size[0] if decl.body.strip().startswith(GROUPED) else None
 
 
 def chain_problem(kernels: list, declared: dict[str, KernelDecl]) -> str | None:
@@ -64,29 +45,25 @@ def chain_problem(kernels: list, declared: dict[str, KernelDecl]) -> str | None:
   if kernels and kernels[0].with_previous:
     return f"kernel 0 ({kernels[0].name!r}) runs in one launch with the kernel before it, and there is none"
   for run in _runs(kernels):
-    if len(run) == 1: continue
-    for n in run:
+    for n in run if len(run) > 1 else ():
       k = kernels[n]
       if (problem := member_problem(k, declared[k.name])): return f"kernel {n} ({k.name!r}) cannot run in a chain: {problem}"
-    if len(groups := {member_group(kernels[n], declared[kernels[n].name]) for n in run} - {None}) > 1:
-      return f"kernels {run[0]} to {run[-1]} form a chain whose members need work-groups of {sorted(groups)} work items"
   return None
 
 
 def launches(source: str, kernels: list, group: int) -> tuple[str, list, set[str]]:
   """The program source with a kernel for each chain appended, the launches (KernelSpecs: each kernel that runs alone,
-  and for each chain one kernel over all its members' buffers, one work-group: of its grouped members' size, else of
-  `group` work items), and the names of the chains of plain members only (whose work-group may be made smaller)."""
+  and for each chain one kernel over all its members' buffers, one work-group of `group` work items), and the names
+  of the chain kernels."""
   runs = [[kernels[n] for n in run] for run in _runs(kernels)]
   if all(len(run) == 1 for run in runs): return source, list(kernels), set()
-  declared, extra, out, plain = kernels_of(source), [], [], set()
+  declared, extra, out = kernels_of(source), [], []
   for run in runs:
     if len(run) == 1: out.append(run[0]); continue
     text, launch = _chain(run, [declared[k.name] for k in run], group)
     extra.append(text)
     out.append(launch)
-    if all(member_group(k, declared[k.name]) is None for k in run): plain.add(launch.name)
-  return source + "\n" + "\n".join(extra), out, plain
+  return source + "\n" + "\n".join(extra), out, {k.name for run, k in zip(runs, out) if len(run) > 1}
 
 
 def _runs(kernels: list) -> list[list[int]]:
@@ -105,27 +82,16 @@ def _chain(members: list, decls: list[KernelDecl], group: int) -> tuple[str, obj
     for (_, b), p in zip(k.args, d.params):
       params.setdefault(b, f"read_only image2d_t b{b}" if p.kind == "image" else f"__global {p.ctype}* b{b}")
   name = f"chain_{members[0].name.split('_')[0]}_{members[-1].name.split('_')[0]}"
-  group = next((g for k, d in zip(members, decls) if (g := member_group(k, d))), group)
-  lines, functions, arrays = [], [], {}   # arrays: one per kind, shared by the members (a barrier lies between them)
+  lines, functions = [], []
   for k, d in zip(members, decls):
+    functions.append(f"void {k.name}_at({', '.join(map(_declare, d.params))}, int gx, int gy) {{\n  "
+                     f"{d.body.strip()[len(IDS):].strip()}\n}}\n")
+    nx, ny = k.global_size[0], k.global_size[1] if len(k.global_size) > 1 else 1
     args = ", ".join(f"b{b}" for _, b in k.args)
-    body = d.body.strip()
     lines += ["barrier(CLK_GLOBAL_MEM_FENCE);"] * bool(lines)
-    if body.startswith(PLAIN):
-      functions.append(f"void {k.name}_at({', '.join(map(_declare, d.params))}, int gx, int gy) {{\n  "
-                       f"{body[len(PLAIN):].strip()}\n}}\n")
-      nx, ny = k.global_size[0], k.global_size[1] if len(k.global_size) > 1 else 1
-      lines.append(f"for (int i = lid; i < {nx * ny}; i += step) {k.name}_at({args}, i % {nx}, i / {nx});")
-    else:   # grouped: its __local arrays live in the chain kernel; the whole work-group runs each of its groups
-      local = _LOCAL_ARRAY.findall(body)
-      arrays.update({f"{t}_{a}_{n}": f"__local {t} {t}_{a}_{n}[{n}];" for t, a, n in local})
-      functions.append(f"void {k.name}_at({', '.join([*map(_declare, d.params), *(f'__local {t}* {a}' for t, a, _ in local)])}, "
-                       f"int lid, int gx) {{\n  {_LOCAL_ARRAY.sub('', body[len(GROUPED):]).strip()}\n}}\n")
-      local_args = "".join(f", {t}_{a}_{n}" for t, a, n in local)
-      lines.append(f"for (int g = 0; g < {k.global_size[0] // group}; g++) {{ {k.name}_at({args}{local_args}, lid, g); "
-                   f"barrier(CLK_LOCAL_MEM_FENCE); }}")
-  kernel = (f"__kernel void {name}({', '.join(params.values())}) {{\n  " + "".join(a + "\n  " for a in arrays.values())
-            + "int lid = get_local_id(0), step = get_local_size(0);\n  " + "\n  ".join(lines) + "\n}\n")
+    lines.append(f"for (int i = lid; i < {nx * ny}; i += step) {k.name}_at({args}, i % {nx}, i / {nx});")
+  kernel = (f"__kernel void {name}({', '.join(params.values())}) {{\n  int lid = get_local_id(0), step = get_local_size(0);\n  "
+            + "\n  ".join(lines) + "\n}\n")
   launch = replace(members[0], name=name, global_size=(group,), local_size=(group,), args=[("buffer", b) for b in params],
                    flops=sum(k.flops for k in members), bytes=sum(k.bytes for k in members), with_previous=False)
   return "".join(functions) + kernel, launch

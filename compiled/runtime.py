@@ -80,8 +80,8 @@ class Program:
       picks = choice.picks if choice is not None else [0] * len(spec.kernels)
     self.picks = list(picks)
     source, kernels = variant(spec, self.picks) if any(self.picks) else (spec.source, spec.kernels)
-    group = min(device.target.work_group, device.dev.max_work_group_size)   # of a chain of plain kernels
-    self.source, kernels, self._shrinkable = launches(source, kernels, group)
+    group = min(device.target.work_group, device.dev.max_work_group_size)   # of a chain of small kernels
+    self.source, kernels, self._chains = launches(source, kernels, group)
     self._beside, self._save_beside = beside, save_beside
     self._check_device_limits(spec, kernels)
     try: self._setup(spec, kernels)
@@ -157,14 +157,14 @@ class Program:
 
   def _bind(self, program: cl.Program, k: KernelSpec) -> tuple[KernelSpec, tuple]:
     """The launch, and a kernel object of its own (arguments are kernel state) with every argument set and its launch
-    sizes. A chain of plain kernels gets a smaller work-group where the device allows fewer for its kernel."""
+    sizes. A chain's work-group shrinks to what the device allows for its kernel."""
     try: kernel = cl.Kernel(program, k.name)
     except cl.Error as e: raise ArtifactError(f"{self.name}: kernel {k.name!r} is not in the program source") from e
     if kernel.num_args != len(k.args):
       raise ArtifactError(f"{self.name}: kernel {k.name!r} takes {kernel.num_args} arguments, "
                           f"the artifact gives {len(k.args)}")
     group = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device.dev)
-    if k.name in self._shrinkable and k.local_size[0] > group: k = replace(k, global_size=(group,), local_size=(group,))
+    if k.name in self._chains and k.local_size[0] > group: k = replace(k, global_size=(group,), local_size=(group,))
     if k.local_size and int(np.prod(k.local_size)) > group:
       raise ArtifactError(f"{self.name}: kernel {k.name!r} local size {list(k.local_size)} is more than its "
                           f"CL_KERNEL_WORK_GROUP_SIZE {group} on {self.device.name}")

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import edgeml
 from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
-from compiled.chain import member_group, member_problem
+from compiled.chain import member_problem
 from compiled.kernelsig import kernels_of
 from compiled.targets import TARGETS, Target
 from edgeml.candidates import Recorder
@@ -21,14 +21,13 @@ from edgeml.codegen import kernel_name, program_source, render
 from edgeml.host_eval import fold, host_data
 from edgeml.lazy import Node, contiguous_strides
 from edgeml.memplan import Interval, plan_arena, liveness_lower_bound
-from edgeml.opt import CHAIN_WORK
 from edgeml.ops import Op
 from edgeml.schedule import plane_pitch, schedule, stored_bytes
 from edgeml.tensor import Tensor
 
-CHAIN_MEMBER_FLOPS = 2 * CHAIN_WORK   # a kernel this small (and CHAIN_MEMBER_BYTES) may run in a chain, on one compute unit
+CHAIN_MEMBER_FLOPS = 500_000    # a kernel this small (and CHAIN_MEMBER_BYTES) may run in a chain, on one compute unit
 CHAIN_MEMBER_BYTES = 512 << 10
-CHAIN_FLOPS = 1_000_000         # a chain stays under the size at which a GPU wants thousands of work items
+CHAIN_FLOPS = 1_000_000         # a chain's work at most (it runs on one compute unit)
 IMAGE_WIDTH = 4096            # texels per image row at most (Adreno and PoCL allow 16384)
 IMAGE_MAX_HEIGHT = 16384      # rows; weights that need more stay a plain buffer
 
@@ -217,24 +216,28 @@ def compile_graph(inputs: dict[str, Tensor], outputs: dict[str, Tensor], target:
            for k in kernels]
   spec = ProgramSpec(target=target.name, compiler_version=edgeml.__version__, source=source,
                      build_options=target.build_options, inputs=in_specs, outputs=out_specs, buffers=buffers,
-                     kernels=chain_small_kernels(specs, source), arena_size=arena_size, align=target.align, weights=bytes(blob))
+                     kernels=chain_small_kernels(specs, source, target), arena_size=arena_size, align=target.align,
+                     weights=bytes(blob))
   result = Compiled(spec, folded, arena_size, sum(iv.nbytes for iv in intervals),
                     liveness_lower_bound(intervals, target.align), stages)
   watch.lap("plan")
   return result
 
 
-def chain_small_kernels(kernels: list[KernelSpec], source: str) -> list[KernelSpec]:
+def chain_small_kernels(kernels: list[KernelSpec], source: str, target: Target) -> list[KernelSpec]:
   """The kernels with each run of small ones marked to launch as one chain (compiled/chain.py): on PoCL such a
-  kernel costs the host and the driver as much as it computes, and a GPU waits on the host between them."""
+  kernel costs the host and the driver as much as it computes, and its chain runs as fast as its kernels one by one
+  (a CPU runs a few work-groups at a time anyway). A GPU target keeps every launch: there a chain would run on one
+  compute unit what its kernels spread over all of them (grouped reduces group after group), which no GPU has
+  measured yet."""
+  if target.gpu: return kernels
   declared = kernels_of(source)
   small = [k.flops <= CHAIN_MEMBER_FLOPS and k.bytes <= CHAIN_MEMBER_BYTES and member_problem(k, declared[k.name]) is None
            for k in kernels]
-  out, flops, group = [], 0, None   # of the run so far: its flops, its grouped members' work-group size
+  out, flops = [], 0
   for i, k in enumerate(kernels):
-    own = member_group(k, declared[k.name])
-    joins = i > 0 and small[i - 1] and small[i] and flops + k.flops < CHAIN_FLOPS and own in (None, group or own)
-    flops, group = (flops + k.flops, group or own) if joins else (k.flops, own)
+    joins = i > 0 and small[i - 1] and small[i] and flops + k.flops < CHAIN_FLOPS
+    flops = flops + k.flops if joins else k.flops
     out.append(replace(k, with_previous=joins))
   return out
 

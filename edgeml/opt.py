@@ -22,8 +22,6 @@ from edgeml.schedule import ScheduleItem
 MIN_GPU_ITEMS = 4096     # work items a GPU launch should have (so every compute unit gets several groups)
 CHANNEL_BLOCK = 8        # vector lanes of channel-lane shapes; conv and matmul weights are stored in blocks of as many
 MAX_GROUP = 256          # work items sharing one grouped reduce at most
-CHAIN_WORK = 250_000     # multiply-adds of a reduce small enough for a chain (edgeml/compile.py): its groups stay at 64,
-                         # so that the small reduces of a squeeze-excite block or a head share one chain's work-group
 
 
 @dataclass(frozen=True)
@@ -138,16 +136,14 @@ def work_items(item: ScheduleItem, s: KernelShape) -> int:
 def gpu_shapes(item: ScheduleItem, target: Target) -> list[KernelShape]:
   """Shapes for GPU-like devices: flat launches in groups of target.work_group, only tiles that leave at least
   MIN_GPU_ITEMS work items; when none does and the kernel reduces, a grouped reduce of up to MAX_GROUP work items per
-  output, enough to reach MIN_GPU_ITEMS (at least 64, at most the reduce length rounded up to a power of two; 64 for
-  a reduce of at most CHAIN_WORK multiply-adds)."""
+  output, enough to reach MIN_GPU_ITEMS (at least 64, at most the reduce length rounded up to a power of two)."""
   local = target.work_group
   flat = [KernelShape(s.tiles, s.width, s.reduce_lanes, True, local, lane_axis=s.lane_axis) for s in cpu_shapes(item)]
   big = [s for s in flat if work_items(item, s) >= MIN_GPU_ITEMS]
   k = reduce_length(item)
   if big or not k: return big or [s for s in flat if not s.tiles] or flat
   group = 64
-  while group < MAX_GROUP and item.out.size * group < MIN_GPU_ITEMS and group < k and item.out.size * k > CHAIN_WORK:
-    group *= 2
+  while group < MAX_GROUP and item.out.size * group < MIN_GPU_ITEMS and group < k: group *= 2
   return [KernelShape(group=group, local=group)]
 
 
