@@ -44,8 +44,8 @@ def chain_problem(kernels: list, declared: dict[str, KernelDecl]) -> str | None:
   """What is wrong with the chains of a kernel list (each kernel declared in `declared`), or None."""
   if kernels and kernels[0].with_previous:
     return f"kernel 0 ({kernels[0].name!r}) runs in one launch with the kernel before it, and there is none"
-  for run in _runs(kernels):
-    for n in run if len(run) > 1 else ():
+  for run in (run for run in _runs(kernels) if len(run) > 1):
+    for n in run:
       k = kernels[n]
       if (problem := member_problem(k, declared[k.name])): return f"kernel {n} ({k.name!r}) cannot run in a chain: {problem}"
   return None
@@ -90,8 +90,8 @@ def _chain(members: list, decls: list[KernelDecl], group: int) -> tuple[str, obj
     args = ", ".join(f"b{b}" for _, b in k.args)
     lines += ["barrier(CLK_GLOBAL_MEM_FENCE);"] * bool(lines)
     lines.append(f"for (int i = lid; i < {nx * ny}; i += step) {k.name}_at({args}, i % {nx}, i / {nx});")
-  kernel = (f"__kernel void {name}({', '.join(params.values())}) {{\n  int lid = get_local_id(0), step = get_local_size(0);\n  "
-            + "\n  ".join(lines) + "\n}\n")
+  kernel = (f"__kernel void {name}({', '.join(params.values())}) {{\n  "
+            + "\n  ".join(["int lid = get_local_id(0), step = get_local_size(0);", *lines]) + "\n}\n")
   launch = replace(members[0], name=name, global_size=(group,), local_size=(group,), args=[("buffer", b) for b in params],
                    flops=sum(k.flops for k in members), bytes=sum(k.bytes for k in members), with_previous=False)
   return "".join(functions) + kernel, launch

@@ -7,7 +7,8 @@ kernel's arguments, and runs the kernel list once so the driver generates its ma
 Where the artifact records a choice for this device (edgeml-tune, compiled/variants.py) the program is built with the
 chosen candidates spliced in; elsewhere with the artifact's own source. `load` also looks for the program binary in
 the folder `PATH.cache/` beside the artifact (where edgeml-tune leaves it) before the user's cache.
-A frame copies inputs in, enqueues the fixed kernel list, copies outputs out and finishes the queue once. On a
+A frame copies inputs in, enqueues the fixed kernel list, copies outputs out and finishes the queue once; each run of
+small kernels the compiler marked is one launch (compiled/chain.py), and `kernels` lists the launches. On a
 device that shares the host's memory (a CPU, an integrated GPU: CL_DEVICE_HOST_UNIFIED_MEMORY) the kernels read each
 input where it lies instead, through a buffer over the caller's array (CL_MEM_USE_HOST_PTR): no copy.
 """
