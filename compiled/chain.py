@@ -51,6 +51,11 @@ def chain_problem(kernels: list, declared: dict[str, KernelDecl]) -> str | None:
   return None
 
 
+def launch_count(kernels: list) -> int:
+  """Launches of a kernel list: one per kernel that does not run with the kernel before it."""
+  return sum(not k.with_previous for k in kernels)
+
+
 def launches(source: str, kernels: list, group: int) -> tuple[str, list, set[str]]:
   """The program source with a kernel for each chain appended, the launches (KernelSpecs: each kernel that runs alone,
   and for each chain one kernel over all its members' buffers, one work-group of `group` work items), and the names

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import edgeml
 from compiled.artifact import IMAGE_FORMATS, IMAGE_PITCH_ALIGN, BufferSpec, KernelSpec, ProgramSpec, TensorSpec
-from compiled.chain import member_problem
+from compiled.chain import launch_count, member_problem
 from compiled.kernelsig import kernels_of
 from compiled.targets import TARGETS, Target
 from edgeml.candidates import Recorder
@@ -261,8 +261,7 @@ def compile_model(model_path: str, out_path: str, shapes: dict | None = None, ta
   if tune: log("      tuning: timing kernel variants on the device (cached for next time)")
   result = compile_graph(inputs, outputs, target=target, tune=tune, fp16=fp16, log=log, progress=progress)
   spec = result.spec
-  chained = sum(k.with_previous for k in spec.kernels)
-  log(f"[2/3] {len(spec.kernels)} kernels in {len(spec.kernels) - chained} launches ({result.folded} constant kernels folded), "
+  log(f"[2/3] {len(spec.kernels)} kernels in {launch_count(spec.kernels)} launches ({result.folded} constant kernels folded), "
       f"arena {result.planned:,} B planned for {result.unplanned:,} B of intermediates "
       f"(liveness lower bound {result.lower_bound:,} B, ratio {result.planned / max(result.lower_bound, 1):.2f}), "
       f"weights {len(spec.weights):,} B")

@@ -17,7 +17,7 @@ import pyopencl as cl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from compiled.artifact import ArtifactError, read_artifact   # noqa: E402
-from compiled.chain import launches    # noqa: E402
+from compiled.chain import launch_count, launches    # noqa: E402
 from compiled.device import default_device    # noqa: E402
 
 SCALARS = {"int32": np.int32, "float32": np.float32}
@@ -62,8 +62,7 @@ def main(argv=None) -> int:
     raise SystemExit(f"oclgrind_run: {args.reference} is not a readable .npz: {e}")
   if missing := [t.name for t in (*spec.inputs, *spec.outputs) if t.name not in ref]:
     raise SystemExit(f"oclgrind_run: {args.reference} has no array for {missing}")
-  chained = sum(k.with_previous for k in spec.kernels)
-  print(f"device: {default_device().name}; {len(spec.kernels)} kernels in {len(spec.kernels) - chained} launches, "
+  print(f"device: {default_device().name}; {len(spec.kernels)} kernels in {launch_count(spec.kernels)} launches, "
         f"{len(spec.buffers)} buffers")
   got = run_separately(spec, ref)
   failed = 0

@@ -9,6 +9,7 @@ totals.
 import argparse
 
 from compiled.artifact import ArtifactError, artifact_facts, read_artifact
+from compiled.chain import launch_count
 
 
 def _sizes(sizes) -> str:
@@ -37,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     layout = (f"  RGBA {b.image_format} {b.image_width}x{b.image_height} texels, row pitch {b.pitch} B"
               if b.kind == "image" else f"  planes of {b.plane_bytes} B every {b.plane_pitch} B" if b.plane_pitch else "")
     print(f"  {i:>4} {b.kind:<8} {b.offset:>12} {b.nbytes:>12}{layout}")
-  chained = sum(k.with_previous for k in spec.kernels)
-  print(f"kernels ({len(spec.kernels)} in {len(spec.kernels) - chained} launches, one program of "
+  print(f"kernels ({len(spec.kernels)} in {launch_count(spec.kernels)} launches, one program of "
         f"{len(spec.source.splitlines())} source lines; + runs in one launch with the kernel above it):")
   print(f"  {'name':<28} {'global':>14} {'local':>10} {'FLOPs':>14} {'bytes':>12}  args")
   for k in spec.kernels:
